@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: venv demo test test-fast lint bench-baselines clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+## the main job, end to end on the real flights data
+demo: $(STAMP)
+	$(BIN)/longtail demo
+
+## every test tier (unit, data, model, slow)
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## the quick tiers only
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check longtail tests bench
+
+## baselines on flights: global heavy, SinH, LightGBM global and per scenario (QUICK=1 for a short run)
+bench-baselines: $(STAMP)
+	$(BIN)/python bench/baselines.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,2 @@
+"""longtail: ALT for long-tail scenarios."""
+__version__ = "0.1.0"

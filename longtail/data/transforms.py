@@ -1,0 +1,271 @@
+"""Fitted transforms: prepared dataframe -> tensors, fitted on training rows only.
+
+Numeric features are normalised as the spec says (NaN of a nullable feature becomes 0 after
+normalisation, i.e. the fitted mean, plus a missing-indicator input); categoricals map to
+indices (0 padding, 1 out-of-vocabulary, known values from 2); sequences are padded to their
+``max_length`` (left padding keeps the newest step last) with a mask, and a sequence with a
+``timestamp_field`` gets a derived per-step input ``hours_before`` (event time − step time).
+
+The fitted state is plain JSON (`to_dict` / `from_dict`): saved beside every model, loaded
+without unpickling anything, and applied identically in training, evaluation and serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from longtail.data.tensors import OOV_INDEX, Batch, InputSchema, SequenceSchema
+from longtail.spec import CategoricalFeature, DatasetSpec, NumericFeature, SequenceSpec, SpecError
+
+CLIP = 8.0  # normalised values are clipped to ±CLIP so one outlier cannot blow up a batch
+HOURS_BEFORE = "hours_before"
+
+
+@dataclass
+class NumericStats:
+    normalization: str
+    center: float = 0.0
+    scale: float = 1.0
+    nullable: bool = False
+
+    @classmethod
+    def fit(cls, f: NumericFeature, values: np.ndarray) -> NumericStats:
+        x = _pre(f.normalization, values.astype(float))
+        x = x[np.isfinite(x)]
+        if f.normalization == "none" or not len(x):
+            return cls(f.normalization, 0.0, 1.0, f.nullable)
+        if f.normalization == "minmax":
+            lo, hi = float(x.min()), float(x.max())
+            return cls(f.normalization, lo, (hi - lo) or 1.0, f.nullable)
+        std = float(x.std())
+        return cls(f.normalization, float(x.mean()), std if std > 1e-12 else 1.0, f.nullable)
+
+    def apply(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (normalised values with NaN -> 0, missing indicator)."""
+        x = (_pre(self.normalization, values.astype(float)) - self.center) / self.scale
+        missing = ~np.isfinite(x)
+        x = np.clip(np.where(missing, 0.0, x), -CLIP, CLIP)
+        return x.astype(np.float32), missing.astype(np.float32)
+
+
+def _pre(normalization: str, x: np.ndarray) -> np.ndarray:
+    if normalization == "log_standard":
+        return np.sign(x) * np.log1p(np.abs(x))
+    return x
+
+
+@dataclass
+class Vocabulary:
+    values: list[str]
+    oov_bucket: bool = True
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index = {v: i + 2 for i, v in enumerate(self.values)}
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.values) + 2
+
+    @classmethod
+    def fit(cls, c: CategoricalFeature, values: pd.Series) -> Vocabulary:
+        if c.vocabulary:
+            return cls(list(c.vocabulary), c.oov_bucket)
+        counts = values.dropna().astype(str).value_counts()
+        counts = counts[counts >= c.min_count]
+        # stable order: most frequent first, ties by value, so a refit on the same data is identical
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: c.max_size]
+        return cls([k for k, _ in ordered], c.oov_bucket)
+
+    def apply(self, values: pd.Series | np.ndarray, column: str) -> np.ndarray:
+        s = pd.Series(values, dtype=object)
+        idx = s.map(lambda v: self._index.get(str(v), OOV_INDEX) if v is not None and v == v else OOV_INDEX)
+        out = idx.to_numpy(dtype=np.int64)
+        if not self.oov_bucket and (out == OOV_INDEX).any():
+            bad = s[out == OOV_INDEX].iloc[0]
+            raise SpecError(f"column '{column}': unknown category {bad!r} and oov_bucket is false; "
+                            "add it to the vocabulary or set oov_bucket: true")
+        return out
+
+
+@dataclass
+class FittedTransforms:
+    """Transforms fitted on training rows of one dataset spec.
+
+    Example:
+        >>> tf = FittedTransforms.fit(spec, train_df)
+        >>> batch = tf.transform(test_df)            # tensors for a model
+        >>> tf2 = FittedTransforms.from_dict(json.loads(json.dumps(tf.to_dict())))
+    """
+
+    spec: DatasetSpec
+    scenarios: list[str]
+    numeric: dict[str, NumericStats]
+    vocab: dict[str, Vocabulary]
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, spec: DatasetSpec, df: pd.DataFrame) -> FittedTransforms:
+        """Fit normalisation statistics and vocabularies on ``df`` (training rows only)."""
+        numeric: dict[str, NumericStats] = {}
+        vocab: dict[str, Vocabulary] = {}
+        for f in spec.profile_numeric:
+            numeric[f.name] = NumericStats.fit(f, _num(df[f.name]))
+        for c in spec.profile_categorical:
+            vocab[c.name] = Vocabulary.fit(c, df[c.name])
+        for s in spec.sequences:
+            for f in s.numeric:
+                numeric[s.column(f.name)] = NumericStats.fit(f, _num(_flatten(df[s.column(f.name)])))
+            for c in s.categorical:
+                vocab[s.column(c.name)] = Vocabulary.fit(c, pd.Series(_flatten(df[s.column(c.name)])))
+            if s.timestamp_field:
+                hours = _hours_before(df, spec, s)
+                numeric[s.column(HOURS_BEFORE)] = NumericStats.fit(
+                    NumericFeature(HOURS_BEFORE, "log_standard"), hours)
+        scenarios = sorted(df[spec.scenario].astype(str).unique().tolist())
+        return cls(spec, scenarios, numeric, vocab)
+
+    # ------------------------------------------------------------------ schema
+    def sequence_numeric_fields(self, s: SequenceSpec) -> list[str]:
+        names = [f.name for f in s.numeric]
+        return names + ([HOURS_BEFORE] if s.timestamp_field else [])
+
+    @property
+    def schema(self) -> InputSchema:
+        spec = self.spec
+        n_prof = len(spec.profile_numeric) + sum(f.nullable for f in spec.profile_numeric)
+        seqs = []
+        for s in spec.sequences:
+            n_num = len(self.sequence_numeric_fields(s)) + sum(f.nullable for f in s.numeric)
+            cards = tuple(self.vocab[s.column(c.name)].cardinality for c in s.categorical)
+            seqs.append(SequenceSchema(s.name, n_num, cards, s.max_length))
+        return InputSchema(
+            n_profile_numeric=n_prof,
+            profile_cat_cardinalities=tuple(self.vocab[c.name].cardinality for c in spec.profile_categorical),
+            sequences=tuple(seqs),
+        )
+
+    def scenario_index(self, values: pd.Series) -> np.ndarray:
+        index = {s: i for i, s in enumerate(self.scenarios)}
+        return values.astype(str).map(lambda v: index.get(v, -1)).to_numpy(dtype=np.int64)
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, df: pd.DataFrame, *, require_label: bool = True) -> Batch:
+        """Tensors for the rows of ``df`` (a prepared dataframe).
+
+        Args:
+            df: rows with the spec's columns.
+            require_label: when False (serving) the label tensor is zeros.
+        """
+        spec = self.spec
+        missing = [c for c in spec.feature_columns + [spec.scenario, spec.event_timestamp] if c not in df.columns]
+        if missing:
+            raise SpecError(f"column '{missing[0]}': missing from the input; the spec '{spec.name}' needs it")
+        n = len(df)
+        cols = []
+        for f in spec.profile_numeric:
+            x, miss = self.numeric[f.name].apply(_num(df[f.name]))
+            cols.append(x)
+            if f.nullable:
+                cols.append(miss)
+        profile_num = np.stack(cols, axis=1) if cols else np.zeros((n, 0), np.float32)
+        cats = [self.vocab[c.name].apply(df[c.name].to_numpy(), c.name) for c in spec.profile_categorical]
+        profile_cat = np.stack(cats, axis=1) if cats else np.zeros((n, 0), np.int64)
+        seq_num, seq_cat, seq_mask = {}, {}, {}
+        for s in spec.sequences:
+            seq_num[s.name], seq_cat[s.name], seq_mask[s.name] = self._sequence(df, s)
+        if require_label:
+            label = df[spec.label].to_numpy(dtype=np.float32)
+        else:
+            label = np.zeros(n, np.float32)
+        return Batch(
+            profile_num=torch.from_numpy(profile_num),
+            profile_cat=torch.from_numpy(profile_cat),
+            seq_num={k: torch.from_numpy(v) for k, v in seq_num.items()},
+            seq_cat={k: torch.from_numpy(v) for k, v in seq_cat.items()},
+            seq_mask={k: torch.from_numpy(v) for k, v in seq_mask.items()},
+            label=torch.from_numpy(label),
+            scenario=torch.from_numpy(self.scenario_index(df[spec.scenario])),
+        )
+
+    def _sequence(self, df: pd.DataFrame, s: SequenceSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, T = len(df), s.max_length
+        first = df[s.column(s.field_names[0])]
+        lens = first.map(len).to_numpy(dtype=np.int64)
+        keep = np.minimum(lens, T)  # the newest T steps are kept if a row is longer
+        # flat index of every kept step: row r, step j (0 = oldest kept)
+        rows = np.repeat(np.arange(n), keep)
+        offsets = np.concatenate([[0], np.cumsum(keep)])
+        j = np.arange(offsets[-1]) - np.repeat(offsets[:-1], keep)
+        src_offsets = np.concatenate([[0], np.cumsum(lens)])
+        src = np.repeat(src_offsets[:-1] + lens - keep, keep) + j
+        pos = j + (np.repeat(T - keep, keep) if s.padding == "left" else 0)
+        mask = np.zeros((n, T), dtype=bool)
+        mask[rows, pos] = True
+
+        num_fields: list[np.ndarray] = []
+        for f in s.numeric:
+            x, miss = self.numeric[s.column(f.name)].apply(_num(_flatten(df[s.column(f.name)]))[src])
+            num_fields.append(x)
+            if f.nullable:
+                num_fields.append(miss)
+        if s.timestamp_field:
+            x, _ = self.numeric[s.column(HOURS_BEFORE)].apply(_hours_before(df, self.spec, s)[src])
+            num_fields.append(x)
+        seq_num = np.zeros((n, T, len(num_fields)), np.float32)
+        for k, x in enumerate(num_fields):
+            seq_num[rows, pos, k] = x
+        seq_cat = np.zeros((n, T, len(s.categorical)), np.int64)
+        for k, c in enumerate(s.categorical):
+            col = s.column(c.name)
+            seq_cat[rows, pos, k] = self.vocab[col].apply(_flatten(df[col])[src], col)
+        return seq_num, seq_cat, mask
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "scenarios": list(self.scenarios),
+            "numeric": {k: vars(v) for k, v in self.numeric.items()},
+            "vocab": {k: {"values": v.values, "oov_bucket": v.oov_bucket} for k, v in self.vocab.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FittedTransforms:
+        return cls(
+            spec=DatasetSpec.from_dict(d["spec"]),
+            scenarios=list(d["scenarios"]),
+            numeric={k: NumericStats(**v) for k, v in d["numeric"].items()},
+            vocab={k: Vocabulary(list(v["values"]), bool(v["oov_bucket"])) for k, v in d["vocab"].items()},
+        )
+
+
+def _num(values: pd.Series | np.ndarray) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _flatten(col: pd.Series) -> np.ndarray:
+    """All steps of a list column, row after row, keeping the native dtype where there is one."""
+    parts = [np.asarray(v) for v in col if len(v)]
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+def _hours_before(df: pd.DataFrame, spec: DatasetSpec, s: SequenceSpec) -> np.ndarray:
+    col = df[s.column(s.timestamp_field)]
+    lens = col.map(len).to_numpy()
+    if not lens.sum():
+        return np.zeros(0)
+    steps = utc_naive(_flatten(col))
+    events = np.repeat(utc_naive(df[spec.event_timestamp]), lens)
+    return (events - steps) / np.timedelta64(1, "h")
+
+
+def utc_naive(values: Any) -> np.ndarray:
+    """datetime64[ns] in UTC without a zone (fast arithmetic; tz-aware values are converted)."""
+    s = pd.to_datetime(pd.Series(values), utc=True)
+    return s.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")

@@ -1,0 +1,451 @@
+"""`DatasetSpec`: the declarative description of a long-tail dataset.
+
+The spec is the only thing the later stages (transforms, models, meta-learning, NAS, serving)
+may know about a dataset. It round-trips through YAML and validates dataframes with errors that
+name the column, what is wrong, and how to fix it.
+
+Example:
+    >>> spec = DatasetSpec.from_yaml("longtail/specs/flights.yaml")
+    >>> spec.validate(df)           # raises SpecError naming the bad column
+    >>> spec.to_yaml("spec.yaml")
+
+A prepared dataframe (one row per labelled event, the output of the point-in-time join) has:
+    * the scenario column, the binary label, the event timestamp and the entity keys;
+    * one column per profile feature;
+    * per behavior sequence ``s`` and per step field ``f``, a list column ``s__f`` holding that
+      field for each step, oldest first; the list length is the number of steps (<= max_length);
+      every field of one sequence has the same length in a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+
+Normalization = Literal["standard", "log_standard", "minmax", "none"]
+SEQ_SEP = "__"
+
+
+class SpecError(ValueError):
+    """A spec or a dataframe does not satisfy the spec; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    """A numeric feature.
+
+    Args:
+        name: column name.
+        normalization: ``standard`` (z-score), ``log_standard`` (sign(x)·log1p(|x|) then z-score,
+            for heavy-tailed values such as delays), ``minmax`` or ``none``; fitted on training data.
+        nullable: NaN is allowed; it is replaced by the fitted mean and flagged by a missing
+            indicator input. When False, a NaN is a validation error.
+    """
+
+    name: str
+    normalization: Normalization = "standard"
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical feature, embedded by the models.
+
+    Args:
+        name: column name (values are read as strings; missing values become the OOV bucket
+            when ``oov_bucket`` is True).
+        vocabulary: a closed list of known values. When empty, the vocabulary is fitted on the
+            training data (values seen at least ``min_count`` times, at most ``max_size``).
+        oov_bucket: unknown values map to one out-of-vocabulary index. When False, an unknown
+            value is a validation error (only meaningful with a declared vocabulary).
+        max_size: upper bound on a fitted vocabulary.
+        min_count: minimum frequency for a value to enter a fitted vocabulary.
+    """
+
+    name: str
+    vocabulary: tuple[str, ...] = ()
+    oov_bucket: bool = True
+    max_size: int = 1000
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """A behavior sequence: an ordered list of recent events per row, oldest first.
+
+    Args:
+        name: sequence name; its columns in a prepared dataframe are ``{name}__{field}``.
+        numeric: per-step numeric fields.
+        categorical: per-step categorical fields.
+        max_length: longest allowed sequence; shorter ones are padded.
+        padding: ``left`` keeps the newest step at the last position (default), ``right`` pads
+            after the last step.
+        timestamp_field: optional per-step timestamp field (list of tz-aware datetimes). When set,
+            preparation derives a numeric step input ``hours_before`` = event time − step time,
+            in hours; a step at or after the event time is a validation error (leakage).
+        entity_key: the entity key this sequence's snapshot table is keyed by (one of the spec's
+            ``entity_keys``); defaults to the first entity key.
+    """
+
+    name: str
+    numeric: tuple[NumericFeature, ...] = ()
+    categorical: tuple[CategoricalFeature, ...] = ()
+    max_length: int = 16
+    padding: Literal["left", "right"] = "left"
+    timestamp_field: str | None = None
+    entity_key: str | None = None
+
+    def column(self, field_name: str) -> str:
+        return f"{self.name}{SEQ_SEP}{field_name}"
+
+    @property
+    def field_names(self) -> list[str]:
+        names = [f.name for f in self.numeric] + [f.name for f in self.categorical]
+        if self.timestamp_field:
+            names.append(self.timestamp_field)
+        return names
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.column(f) for f in self.field_names]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A long-tail dataset: scenarios, a binary label, profile features and behavior sequences.
+
+    Args:
+        name: dataset name.
+        scenario: the column naming each row's scenario (one model per value).
+        label: binary label column (0/1 or bool).
+        event_timestamp: the prediction time of each row (tz-aware UTC).
+        entity_keys: join keys of the feature tables (the profile entity first).
+        profile_numeric / profile_categorical: the profile features.
+        sequences: one or more behavior sequences.
+    """
+
+    name: str
+    scenario: str
+    label: str
+    event_timestamp: str
+    entity_keys: tuple[str, ...]
+    profile_numeric: tuple[NumericFeature, ...] = ()
+    profile_categorical: tuple[CategoricalFeature, ...] = ()
+    sequences: tuple[SequenceSpec, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self._check_self()
+
+    # ------------------------------------------------------------------ structure
+    def _check_self(self) -> None:
+        if not self.sequences and not self.profile_numeric and not self.profile_categorical:
+            raise SpecError(f"spec '{self.name}': no features; declare profile features or sequences")
+        if not self.entity_keys:
+            raise SpecError(f"spec '{self.name}': entity_keys is empty; name at least one join key")
+        seen: set[str] = set()
+        for col in self.columns:
+            if col in seen:
+                raise SpecError(f"spec '{self.name}': column '{col}' is declared twice; rename one")
+            seen.add(col)
+        for s in self.sequences:
+            if SEQ_SEP in s.name:
+                raise SpecError(f"sequence '{s.name}': names may not contain '{SEQ_SEP}'")
+            if s.max_length < 1:
+                raise SpecError(f"sequence '{s.name}': max_length must be >= 1, got {s.max_length}")
+            if s.entity_key is not None and s.entity_key not in self.entity_keys:
+                raise SpecError(f"sequence '{s.name}': entity_key '{s.entity_key}' is not one of entity_keys "
+                                f"{list(self.entity_keys)}")
+            if not s.numeric and not s.categorical:
+                raise SpecError(f"sequence '{s.name}': declare at least one numeric or categorical field")
+        for c in self.all_categoricals:
+            if not c.oov_bucket and not c.vocabulary:
+                raise SpecError(
+                    f"categorical '{c.name}': oov_bucket is false but no vocabulary is declared; "
+                    "declare the vocabulary or set oov_bucket: true"
+                )
+
+    @property
+    def all_categoricals(self) -> list[CategoricalFeature]:
+        return list(self.profile_categorical) + [c for s in self.sequences for c in s.categorical]
+
+    @property
+    def key_columns(self) -> list[str]:
+        cols = [self.scenario, self.label, self.event_timestamp]
+        return cols + [k for k in self.entity_keys if k not in cols]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        cols = [f.name for f in self.profile_numeric] + [f.name for f in self.profile_categorical]
+        for s in self.sequences:
+            cols += s.columns
+        return cols
+
+    @property
+    def columns(self) -> list[str]:
+        return self.key_columns + [c for c in self.feature_columns if c not in self.key_columns]
+
+    @property
+    def profile_entity(self) -> str:
+        """The entity key of the profile snapshot table (the first entity key)."""
+        return self.entity_keys[0]
+
+    def sequence_entity(self, s: SequenceSpec) -> str:
+        return s.entity_key or self.entity_keys[0]
+
+    def sequence(self, name: str) -> SequenceSpec:
+        for s in self.sequences:
+            if s.name == name:
+                return s
+        raise SpecError(f"no sequence named '{name}' in spec '{self.name}'; have {[s.name for s in self.sequences]}")
+
+    # ------------------------------------------------------------------ YAML
+    def to_dict(self) -> dict[str, Any]:
+        def clean(obj: Any) -> Any:
+            if isinstance(obj, dict):
+                return {k: clean(v) for k, v in obj.items()}
+            if isinstance(obj, list | tuple):
+                return [clean(v) for v in obj]
+            return obj
+
+        return clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetSpec:
+        try:
+            return _build(cls, d, "spec")
+        except TypeError as e:  # pragma: no cover - _build reports unknown keys itself
+            raise SpecError(str(e)) from e
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            from longtail.io import atomic_write_text
+
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> DatasetSpec:
+        p = Path(path_or_text)
+        text = p.read_text() if "\n" not in str(path_or_text) and p.exists() else str(path_or_text)
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise SpecError(f"spec YAML {path_or_text!s:.80}: expected a mapping at the top level")
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, df: pd.DataFrame, *, require_label: bool = True, check_scenarios: bool = True) -> None:
+        """Check a prepared dataframe against the spec.
+
+        Raises:
+            SpecError: naming the first problem's column, what is wrong and how to fix it.
+        """
+        problems = self.problems(df, require_label=require_label, check_scenarios=check_scenarios)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise SpecError(problems[0] + more)
+
+    def problems(self, df: pd.DataFrame, *, require_label: bool = True, check_scenarios: bool = True) -> list[str]:
+        """All the problems of ``df`` against the spec, each a sentence naming the column."""
+        out: list[str] = []
+        needed = [c for c in self.columns if require_label or c != self.label]
+        missing = [c for c in needed if c not in df.columns]
+        for c in missing:
+            out.append(f"column '{c}': missing from the dataframe; add it or remove it from spec '{self.name}'")
+        if missing:
+            return out
+        ts = df[self.event_timestamp]
+        if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+            out.append(
+                f"column '{self.event_timestamp}': event timestamp must be a tz-aware datetime, got {ts.dtype}; "
+                "convert with pd.to_datetime(..., utc=True)"
+            )
+        elif ts.isna().any():
+            out.append(f"column '{self.event_timestamp}': {int(ts.isna().sum())} missing timestamp(s); drop those rows")
+        if df[self.scenario].isna().any():
+            out.append(f"column '{self.scenario}': {int(df[self.scenario].isna().sum())} row(s) without a scenario")
+        if require_label:
+            out += self._label_problems(df, check_scenarios)
+        for f in self.profile_numeric:
+            out += _numeric_problems(df[f.name], f, f.name)
+        for c in self.profile_categorical:
+            out += _categorical_problems(df[c.name], c, c.name)
+        for s in self.sequences:
+            out += self._sequence_problems(df, s)
+        return out
+
+    def _label_problems(self, df: pd.DataFrame, check_scenarios: bool) -> list[str]:
+        y = df[self.label]
+        if y.isna().any():
+            return [f"column '{self.label}': {int(y.isna().sum())} missing label(s); drop or fill those rows"]
+        if y.dtype == bool:
+            pass
+        elif not pd.api.types.is_numeric_dtype(y.dtype):
+            return [f"column '{self.label}': label must be 0/1 or bool, got dtype {y.dtype}"]
+        elif not set(np.unique(y.to_numpy())).issubset({0, 1}):
+            bad = sorted(set(np.unique(y.to_numpy())) - {0, 1})[:5]
+            return [f"column '{self.label}': label must be binary 0/1, found values {bad}"]
+        if not check_scenarios:
+            return []
+        out = []
+        classes = df.groupby(self.scenario, observed=True)[self.label].nunique()
+        for scen, n in classes.items():
+            if n < 2:
+                out.append(
+                    f"column '{self.label}': scenario '{scen}' (column '{self.scenario}') has a single label class; "
+                    "a model cannot be trained or evaluated on it: collect both classes or drop the scenario"
+                )
+        return out
+
+    def _sequence_problems(self, df: pd.DataFrame, s: SequenceSpec) -> list[str]:
+        out: list[str] = []
+        lengths: np.ndarray | None = None
+        for fname in s.field_names:
+            col = s.column(fname)
+            values = df[col]
+            if len(values) == 0:
+                continue
+            bad_type = values.map(lambda v: not isinstance(v, list | np.ndarray | tuple)).to_numpy()
+            if bad_type.any():
+                first = values[bad_type].iloc[0]
+                out.append(
+                    f"column '{col}': sequence field must hold a list per row, found {type(first).__name__} "
+                    f"in {int(bad_type.sum())} row(s); store an empty list for no steps"
+                )
+                continue
+            lens = values.map(len).to_numpy()
+            if lengths is None:
+                lengths = lens
+                too_long = lens > s.max_length
+                if too_long.any():
+                    out.append(
+                        f"column '{col}': {int(too_long.sum())} row(s) have sequences longer than max_length="
+                        f"{s.max_length} (longest {int(lens.max())}); truncate to the newest {s.max_length} steps "
+                        f"or raise max_length of sequence '{s.name}'"
+                    )
+            elif (lens != lengths).any():
+                out.append(
+                    f"column '{col}': step count differs from the other fields of sequence '{s.name}' "
+                    f"in {int((lens != lengths).sum())} row(s); all fields of a sequence must align"
+                )
+            flat = pd.Series(np.concatenate([np.asarray(v, dtype=object) for v in values if len(v)])
+                             if lens.sum() else [], dtype=object)
+            if fname == s.timestamp_field:
+                out += self._leak_problems(df, col, lens)
+                continue
+            spec_field = next((f for f in s.numeric if f.name == fname), None)
+            if spec_field is not None:
+                out += _numeric_problems(pd.to_numeric(flat, errors="coerce") if len(flat) else flat.astype(float),
+                                         spec_field, col, raw=flat)
+            else:
+                cat = next(c for c in s.categorical if c.name == fname)
+                out += _categorical_problems(flat, cat, col)
+        return out
+
+    def _leak_problems(self, df: pd.DataFrame, col: str, lens: np.ndarray) -> list[str]:
+        if not lens.sum():
+            return []
+        steps = pd.to_datetime(pd.Series(np.concatenate([np.asarray(v) for v in df[col] if len(v)])), utc=True)
+        event = pd.to_datetime(df[self.event_timestamp], utc=True)
+        leaked = steps.dt.tz_localize(None).to_numpy() >= np.repeat(event.dt.tz_localize(None).to_numpy(), lens)
+        if leaked.any():
+            return [
+                f"column '{col}': {int(leaked.sum())} step(s) are at or after their row's "
+                f"'{self.event_timestamp}' (leakage); keep only steps strictly before the prediction time"
+            ]
+        return []
+
+
+def _numeric_problems(values: pd.Series, f: NumericFeature, col: str, raw: pd.Series | None = None) -> list[str]:
+    raw = values if raw is None else raw
+    if not len(values):
+        return []
+    if raw.dtype == object:
+        coerced = pd.to_numeric(raw, errors="coerce")
+        nonnum = coerced.isna() & raw.notna()
+        if nonnum.any():
+            return [f"column '{col}': numeric feature holds non-numeric value {raw[nonnum].iloc[0]!r}; fix the "
+                    "data or declare it categorical"]
+        values = coerced
+    elif not (pd.api.types.is_numeric_dtype(values.dtype) or values.dtype == bool):
+        return [f"column '{col}': numeric feature has dtype {values.dtype}; cast it to a number or declare it categorical"]
+    arr = values.to_numpy(dtype=float, na_value=np.nan)
+    if np.isinf(arr).any():
+        return [f"column '{col}': {int(np.isinf(arr).sum())} infinite value(s); replace them or mark them NaN "
+                "with nullable: true"]
+    if not f.nullable and np.isnan(arr).any():
+        return [f"column '{col}': {int(np.isnan(arr).sum())} NaN value(s) but the feature is not nullable; "
+                "fill them or set nullable: true in the spec"]
+    return []
+
+
+def _categorical_problems(values: pd.Series, c: CategoricalFeature, col: str) -> list[str]:
+    if c.oov_bucket or not len(values):
+        return []
+    known = set(c.vocabulary)
+    vals = values.dropna().astype(str)
+    unknown = sorted(set(vals.unique()) - known)
+    if values.isna().any():
+        unknown = ["<missing>"] + unknown
+    if unknown:
+        return [f"column '{col}': unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown[:5]} not in the "
+                "declared vocabulary and oov_bucket is false; add them to the vocabulary or set oov_bucket: true"]
+    return []
+
+
+# ---------------------------------------------------------------------- dict -> dataclass
+_NESTED = {
+    "profile_numeric": NumericFeature,
+    "profile_categorical": CategoricalFeature,
+    "sequences": SequenceSpec,
+    "numeric": NumericFeature,
+    "categorical": CategoricalFeature,
+}
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(names)}")
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in _NESTED:
+            if not isinstance(v, list):
+                raise SpecError(f"{where}.{k}: expected a list, got {type(v).__name__}")
+            kwargs[k] = tuple(_build(_NESTED[k], item, f"{where}.{k}[{i}]") for i, item in enumerate(v))
+        elif k in ("entity_keys", "vocabulary"):
+            if not isinstance(v, list | tuple):
+                raise SpecError(f"{where}.{k}: expected a list, got {type(v).__name__}")
+            kwargs[k] = tuple(str(x) for x in v)
+        else:
+            kwargs[k] = v
+    required = [n for n, f in names.items() if f.default is MISSING and n not in kwargs]
+    if required:
+        raise SpecError(f"{where}: missing required key(s) {required}")
+    for k, v in kwargs.items():
+        if k == "normalization" and v not in ("standard", "log_standard", "minmax", "none"):
+            raise SpecError(f"{where}.normalization: '{v}' is not one of standard, log_standard, minmax, none")
+        if k == "padding" and v not in ("left", "right"):
+            raise SpecError(f"{where}.padding: '{v}' is not one of left, right")
+        if k in ("max_length", "max_size", "min_count") and (not isinstance(v, int) or isinstance(v, bool)):
+            raise SpecError(f"{where}.{k}: expected an integer, got {v!r}")
+    return cls(**kwargs)
+
+
+__all__ = [
+    "CategoricalFeature",
+    "DatasetSpec",
+    "NumericFeature",
+    "SequenceSpec",
+    "SpecError",
+    "SEQ_SEP",
+]

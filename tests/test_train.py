@@ -1,0 +1,109 @@
+"""Training: learns, deterministic under a seed, resumes an interrupted run exactly, fails loudly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longtail.data.splits import TRAIN, VALID
+from longtail.experiment import DataConfig, load_model_dir, prepare, train_heavy
+from longtail.metrics import auc, per_scenario_auc, predict_proba
+from longtail.models.heavy import HeavyConfig
+from longtail.train import TrainConfig, fit, resolve_device
+
+pytestmark = pytest.mark.model
+
+SMALL = HeavyConfig(encoder="lstm", num_layers=1, hidden_size=8)
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_tables):
+    return prepare(DataConfig(tables=str(synthetic_tables.root)))
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"epochs": 3, "batch_size": 128, "seed": 0, "device": "cpu", **kw})
+
+
+def test_learns_planted_signal(data):
+    tr = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=6, patience=6))
+    assert tr.result.best_valid_auc > 0.75
+    hist = [h["train_loss"] for h in tr.result.history]
+    assert hist[-1] < hist[0]
+
+
+def test_deterministic_under_seed(data):
+    a = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=2))
+    b = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=2))
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_resume_continues_exactly(data, tmp_path, monkeypatch):
+    full = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=3, patience=5))
+    # interrupt after the second epoch: the on_epoch hook raises, as a killed process would stop
+    from longtail import experiment
+
+    calls = {"n": 0}
+    real_fit = experiment.fit
+
+    def interrupted_fit(*a, **k):
+        def hook(rec):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+
+        return real_fit(*a, **k, on_epoch=hook)
+
+    monkeypatch.setattr(experiment, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_heavy(data, data.scenarios, SMALL, _cfg(epochs=3, patience=5), tmp_path / "m")
+    monkeypatch.setattr(experiment, "fit", real_fit)
+    resumed = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=3, patience=5), tmp_path / "m")
+    assert resumed.result.resumed_from == 2
+    assert resumed.result.epochs_run == 3
+    for (k, va), (_, vb) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    assert resumed.result.best_valid_auc == pytest.approx(full.result.best_valid_auc)
+
+
+def test_checkpoint_of_other_config_is_refused(data, tmp_path):
+    train_heavy(data, data.scenarios, SMALL, _cfg(epochs=1), tmp_path / "m")
+    with pytest.raises(RuntimeError, match="another training config"):
+        train_heavy(data, data.scenarios, SMALL, _cfg(epochs=1, lr=0.5), tmp_path / "m")
+
+
+def test_saved_model_reloads_with_same_predictions(data, tmp_path):
+    tr = train_heavy(data, ["s00"], SMALL, _cfg(epochs=1), tmp_path / "m")
+    model, tf, info = load_model_dir(tmp_path / "m")
+    test = tf.transform(data.rows("test", ["s00"]))
+    assert info["scenarios"] == ["s00"]
+    assert torch.allclose(torch.from_numpy(predict_proba(model, test)),
+                          torch.from_numpy(predict_proba(tr.model, test)), atol=1e-6)
+
+
+def test_nan_loss_fails_loudly(data):
+    tf_rows = data.rows(TRAIN)
+    from longtail.data.transforms import FittedTransforms
+    from longtail.models.heavy import build_model
+
+    tf = FittedTransforms.fit(data.spec, tf_rows)
+    model = build_model(tf.schema, SMALL)
+    with pytest.raises(FloatingPointError, match="loss became"):
+        fit(model, tf.transform(tf_rows), tf.transform(data.rows(VALID)), _cfg(epochs=1),
+            loss_fn=lambda m, b: m(b).sum() * float("nan"))
+
+
+def test_device_auto_never_requires_cuda():
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.unit
+def test_single_class_scenario_reported_not_crashed():
+    per = per_scenario_auc(["a", "a", "b", "b"], [0, 1, 1, 1], [0.2, 0.8, 0.5, 0.6])
+    row = per.set_index("scenario").loc["b"]
+    assert row["note"].startswith("single class") and row["auc"] != row["auc"]
+    assert auc([1, 1], [0.1, 0.2]) is None
