@@ -130,7 +130,7 @@ def test_splits_reproducible_and_stratified(synthetic_frame):
     s2 = assign_split(synthetic_frame["scenario"], seed=0)
     s3 = assign_split(synthetic_frame["scenario"], seed=1)
     assert (s1 == s2).all() and not (s1 == s3).all()
-    for scen, g in synthetic_frame.groupby("scenario"):
+    for _scen, g in synthetic_frame.groupby("scenario"):
         part = s1[g.index]
         assert abs((part == TEST).mean() - 0.2) < 0.02
         assert (part == VALID).any() and (part == TRAIN).any()

@@ -1,0 +1,48 @@
+"""Models: behavior-encoder registry, the heavy model of Fig. 2, FLOPs and latency.
+
+Importing the package registers the built-in encoders (``lstm``, ``bert``).
+"""
+
+from longtail.models.encoders import BehaviorEncoder, BertEncoder, LSTMEncoder
+from longtail.models.flops import count_flops, encoder_flops, linear_flops
+from longtail.models.heavy import (
+    HeavyConfig,
+    HeavyModel,
+    ProfileEncoder,
+    SequenceEncoder,
+    build_behavior_encoder,
+    build_model,
+    default_embedding_dim,
+    step_input_size,
+)
+from longtail.models.latency import measure_latency
+from longtail.models.registry import (
+    UnknownEncoderError,
+    create_encoder,
+    encoder_class,
+    list_encoders,
+    register_encoder,
+)
+
+__all__ = [
+    "BehaviorEncoder",
+    "BertEncoder",
+    "HeavyConfig",
+    "HeavyModel",
+    "LSTMEncoder",
+    "ProfileEncoder",
+    "SequenceEncoder",
+    "UnknownEncoderError",
+    "build_behavior_encoder",
+    "build_model",
+    "count_flops",
+    "create_encoder",
+    "default_embedding_dim",
+    "encoder_class",
+    "encoder_flops",
+    "linear_flops",
+    "list_encoders",
+    "measure_latency",
+    "register_encoder",
+    "step_input_size",
+]
