@@ -85,7 +85,8 @@ class SequenceSpec:
         max_length: longest allowed sequence; shorter ones are padded.
         padding: ``left`` keeps the newest step at the last position (default), ``right`` pads
             after the last step.
-        timestamp_field: optional per-step timestamp field (list of tz-aware datetimes). When set,
+        timestamp_field: optional per-step timestamp field (a list of UTC datetimes: tz-aware, or
+            naive datetime64 read as UTC, which is how parquet list columns come back). When set,
             preparation derives a numeric step input ``hours_before`` = event time − step time,
             in hours; a step at or after the event time is a validation error (leakage).
         entity_key: the entity key this sequence's snapshot table is keyed by (one of the spec's
@@ -148,6 +149,10 @@ class DatasetSpec:
             raise SpecError(f"spec '{self.name}': no features; declare profile features or sequences")
         if not self.entity_keys:
             raise SpecError(f"spec '{self.name}': entity_keys is empty; name at least one join key")
+        clash = sorted(set(self.key_columns) & set(self.feature_columns))
+        if clash:
+            raise SpecError(f"spec '{self.name}': feature(s) {clash} share a name with the scenario, label, timestamp "
+                            "or an entity key; rename the feature (e.g. origin -> origin_airport)")
         seen: set[str] = set()
         for col in self.columns:
             if col in seen:
@@ -334,24 +339,22 @@ class DatasetSpec:
                     f"column '{col}': step count differs from the other fields of sequence '{s.name}' "
                     f"in {int((lens != lengths).sum())} row(s); all fields of a sequence must align"
                 )
-            flat = pd.Series(np.concatenate([np.asarray(v, dtype=object) for v in values if len(v)])
-                             if lens.sum() else [], dtype=object)
+            flat = pd.Series(flatten_steps(values))
             if fname == s.timestamp_field:
-                out += self._leak_problems(df, col, lens)
+                out += self._leak_problems(df, col, flat, lens)
                 continue
             spec_field = next((f for f in s.numeric if f.name == fname), None)
             if spec_field is not None:
-                out += _numeric_problems(pd.to_numeric(flat, errors="coerce") if len(flat) else flat.astype(float),
-                                         spec_field, col, raw=flat)
+                out += _numeric_problems(flat, spec_field, col)
             else:
                 cat = next(c for c in s.categorical if c.name == fname)
                 out += _categorical_problems(flat, cat, col)
         return out
 
-    def _leak_problems(self, df: pd.DataFrame, col: str, lens: np.ndarray) -> list[str]:
+    def _leak_problems(self, df: pd.DataFrame, col: str, flat: pd.Series, lens: np.ndarray) -> list[str]:
         if not lens.sum():
             return []
-        steps = pd.to_datetime(pd.Series(np.concatenate([np.asarray(v) for v in df[col] if len(v)])), utc=True)
+        steps = pd.to_datetime(flat, utc=True)
         event = pd.to_datetime(df[self.event_timestamp], utc=True)
         leaked = steps.dt.tz_localize(None).to_numpy() >= np.repeat(event.dt.tz_localize(None).to_numpy(), lens)
         if leaked.any():
@@ -362,8 +365,19 @@ class DatasetSpec:
         return []
 
 
-def _numeric_problems(values: pd.Series, f: NumericFeature, col: str, raw: pd.Series | None = None) -> list[str]:
-    raw = values if raw is None else raw
+def flatten_steps(col: pd.Series) -> np.ndarray:
+    """All steps of a sequence list column, row after row, keeping the native dtype where there is one."""
+    parts = [v for v in col if len(v)]
+    if not parts:
+        return np.array([], dtype=float)
+    try:
+        return np.concatenate(parts)  # parquet gives numpy arrays: no per-row conversion needed
+    except (ValueError, TypeError):  # mixed element types across rows (e.g. None among numbers)
+        return np.concatenate([np.asarray(v, dtype=object) for v in parts])
+
+
+def _numeric_problems(values: pd.Series, f: NumericFeature, col: str) -> list[str]:
+    raw = values
     if not len(values):
         return []
     if raw.dtype == object:

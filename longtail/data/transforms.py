@@ -12,7 +12,7 @@ without unpickling anything, and applied identically in training, evaluation and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,14 @@ import pandas as pd
 import torch
 
 from longtail.data.tensors import OOV_INDEX, Batch, InputSchema, SequenceSchema
-from longtail.spec import CategoricalFeature, DatasetSpec, NumericFeature, SequenceSpec, SpecError
+from longtail.spec import (
+    CategoricalFeature,
+    DatasetSpec,
+    NumericFeature,
+    SequenceSpec,
+    SpecError,
+    flatten_steps,
+)
 
 CLIP = 8.0  # normalised values are clipped to ±CLIP so one outlier cannot blow up a batch
 HOURS_BEFORE = "hours_before"
@@ -63,10 +70,6 @@ def _pre(normalization: str, x: np.ndarray) -> np.ndarray:
 class Vocabulary:
     values: list[str]
     oov_bucket: bool = True
-    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._index = {v: i + 2 for i, v in enumerate(self.values)}
 
     @property
     def cardinality(self) -> int:
@@ -84,8 +87,9 @@ class Vocabulary:
 
     def apply(self, values: pd.Series | np.ndarray, column: str) -> np.ndarray:
         s = pd.Series(values, dtype=object)
-        idx = s.map(lambda v: self._index.get(str(v), OOV_INDEX) if v is not None and v == v else OOV_INDEX)
-        out = idx.to_numpy(dtype=np.int64)
+        missing = s.isna().to_numpy()
+        idx = pd.Index(self.values, dtype=object).get_indexer(s.astype(str))
+        out = np.where((idx < 0) | missing, OOV_INDEX, idx + 2).astype(np.int64)
         if not self.oov_bucket and (out == OOV_INDEX).any():
             bad = s[out == OOV_INDEX].iloc[0]
             raise SpecError(f"column '{column}': unknown category {bad!r} and oov_bucket is false; "
@@ -120,9 +124,9 @@ class FittedTransforms:
             vocab[c.name] = Vocabulary.fit(c, df[c.name])
         for s in spec.sequences:
             for f in s.numeric:
-                numeric[s.column(f.name)] = NumericStats.fit(f, _num(_flatten(df[s.column(f.name)])))
+                numeric[s.column(f.name)] = NumericStats.fit(f, _num(flatten_steps(df[s.column(f.name)])))
             for c in s.categorical:
-                vocab[s.column(c.name)] = Vocabulary.fit(c, pd.Series(_flatten(df[s.column(c.name)])))
+                vocab[s.column(c.name)] = Vocabulary.fit(c, pd.Series(flatten_steps(df[s.column(c.name)])))
             if s.timestamp_field:
                 hours = _hours_before(df, spec, s)
                 numeric[s.column(HOURS_BEFORE)] = NumericStats.fit(
@@ -210,7 +214,7 @@ class FittedTransforms:
 
         num_fields: list[np.ndarray] = []
         for f in s.numeric:
-            x, miss = self.numeric[s.column(f.name)].apply(_num(_flatten(df[s.column(f.name)]))[src])
+            x, miss = self.numeric[s.column(f.name)].apply(_num(flatten_steps(df[s.column(f.name)]))[src])
             num_fields.append(x)
             if f.nullable:
                 num_fields.append(miss)
@@ -223,7 +227,7 @@ class FittedTransforms:
         seq_cat = np.zeros((n, T, len(s.categorical)), np.int64)
         for k, c in enumerate(s.categorical):
             col = s.column(c.name)
-            seq_cat[rows, pos, k] = self.vocab[col].apply(_flatten(df[col])[src], col)
+            seq_cat[rows, pos, k] = self.vocab[col].apply(flatten_steps(df[col])[src], col)
         return seq_num, seq_cat, mask
 
     # ------------------------------------------------------------------ persistence
@@ -249,18 +253,12 @@ def _num(values: pd.Series | np.ndarray) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def _flatten(col: pd.Series) -> np.ndarray:
-    """All steps of a list column, row after row, keeping the native dtype where there is one."""
-    parts = [np.asarray(v) for v in col if len(v)]
-    return np.concatenate(parts) if parts else np.array([], dtype=object)
-
-
 def _hours_before(df: pd.DataFrame, spec: DatasetSpec, s: SequenceSpec) -> np.ndarray:
     col = df[s.column(s.timestamp_field)]
     lens = col.map(len).to_numpy()
     if not lens.sum():
         return np.zeros(0)
-    steps = utc_naive(_flatten(col))
+    steps = utc_naive(flatten_steps(col))
     events = np.repeat(utc_naive(df[spec.event_timestamp]), lens)
     return (events - steps) / np.timedelta64(1, "h")
 
