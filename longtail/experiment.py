@@ -140,13 +140,15 @@ class Trained:
 
 
 def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig, train_cfg: TrainConfig,
-                out: str | Path | None = None, *, show_progress: bool = False, description: str = "train") -> Trained:
+                out: str | Path | None = None, *, show_progress: bool = False, description: str = "train",
+                log=None) -> Trained:
     """Fit transforms on the training rows of ``scenarios`` and train a heavy model on them.
 
     Args:
         data: prepared rows.
         scenarios: the scenarios whose training rows are used.
         out: when set, the model folder (and its resumable checkpoint) is written there.
+        log: when set, called with one line per epoch (loss, validation AUC, elapsed time).
     """
     t0 = time.perf_counter()
     train_df = data.rows(TRAIN, scenarios)
@@ -156,7 +158,8 @@ def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig
     model = build_model(transforms.schema, model_cfg)
     result = fit(model, transforms.transform(train_df), transforms.transform(valid_df) if len(valid_df) else None,
                  train_cfg, checkpoint_dir=Path(out) / "checkpoints" if out else None,
-                 show_progress=show_progress, description=description)
+                 show_progress=show_progress, description=description,
+                 on_epoch=_epoch_logger(log, description, t0) if log else None)
     seconds = time.perf_counter() - t0
     if out is not None:
         save_model_dir(out, model, transforms, model_cfg, {
@@ -165,6 +168,15 @@ def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig
             "train_seconds": seconds,
         })
     return Trained(model, transforms, result, seconds)
+
+
+def _epoch_logger(log, description: str, t0: float):
+    def on_epoch(rec: dict[str, Any]) -> None:
+        auc_txt = "n/a" if rec["valid_auc"] is None else f"{rec['valid_auc']:.4f}"
+        log(f"{description}: epoch {rec['epoch']} train loss {rec['train_loss']:.4f}, valid AUC {auc_txt} "
+            f"({time.perf_counter() - t0:.0f}s)")
+
+    return on_epoch
 
 
 def evaluate_heavy(model: torch.nn.Module, transforms: FittedTransforms, data: PreparedData,
@@ -205,7 +217,7 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
     models: dict[str, Any] = {}
     if cfg.strategy == "global":
         tr = train_heavy(data, scenarios, cfg.model, cfg.train, out / "models" / "global",
-                         show_progress=show_progress, description="global heavy")
+                         show_progress=show_progress, description="global heavy", log=log)
         tables.append(evaluate_heavy(tr.model, tr.transforms, data, scenarios))
         models["global"] = {"train_seconds": tr.seconds, "best_valid_auc": tr.result.best_valid_auc,
                             "epochs_run": tr.result.epochs_run,
@@ -213,7 +225,8 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
     else:
         for i, scen in enumerate(scenarios):
             tr = train_heavy(data, [scen], cfg.model, cfg.train, out / "models" / _safe(scen),
-                             show_progress=show_progress, description=f"SinH {scen} ({i + 1}/{len(scenarios)})")
+                             show_progress=show_progress, description=f"SinH {scen} ({i + 1}/{len(scenarios)})",
+                             log=log)
             tables.append(evaluate_heavy(tr.model, tr.transforms, data, [scen]))
             models[scen] = {"train_seconds": tr.seconds, "best_valid_auc": tr.result.best_valid_auc,
                             "epochs_run": tr.result.epochs_run}

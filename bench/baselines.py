@@ -1,0 +1,224 @@
+"""Baselines on the real flights data: per-scenario test AUC of
+
+* ``global_heavy``      one heavy model (6-layer LSTM, hidden 15) on all carriers' training rows;
+* ``global_heavy_bert`` the same with the 6-layer BERT encoder (hidden 15, intermediate 32);
+* ``SinH``              one heavy LSTM model per carrier, trained on that carrier's rows only;
+* ``lgbm_global``       LightGBM on exactly the same features (the fitted transforms' tensors,
+                        sequences flattened step by step) with the carrier as a categorical feature;
+* ``lgbm_single``       LightGBM per carrier on the same features.
+
+Writes ``bench/results/baselines.{csv,md,png}`` (``--quick`` writes ``baselines_quick.*``).
+Run: ``make bench-baselines`` (full, 5 epochs as in the paper) or ``make bench-baselines QUICK=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import torch
+
+from longtail.data.splits import TEST, TRAIN, VALID
+from longtail.data.tables import MANIFEST
+from longtail.data.tensors import Batch
+from longtail.data.transforms import FittedTransforms
+from longtail.experiment import DataConfig, PreparedData, evaluate_heavy, prepare, train_heavy
+from longtail.io import atomic_path, atomic_write_text
+from longtail.metrics import per_scenario_auc
+from longtail.models.heavy import HeavyConfig
+from longtail.train import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ["global_heavy", "global_heavy_bert", "SinH", "lgbm_global", "lgbm_single"]
+
+
+def flatten(batch: Batch) -> tuple[np.ndarray, list[int]]:
+    """The model inputs as one flat table: numerics, then categoricals (indices), step by step.
+
+    Returns:
+        (features (B, F) float32, positions of the categorical columns)
+    """
+    parts = [batch.profile_num.numpy()]
+    cat_parts = [batch.profile_cat.numpy()]
+    for name in batch.seq_num:
+        B, T, _ = batch.seq_num[name].shape
+        mask = batch.seq_mask[name].numpy()
+        num = np.where(mask[..., None], batch.seq_num[name].numpy(), np.nan)  # padding is missing, not 0
+        parts += [num.reshape(B, -1), mask.sum(1, keepdims=True).astype(np.float32)]
+        cat_parts.append(batch.seq_cat[name].numpy().reshape(B, -1))
+    num = np.concatenate(parts, axis=1)
+    cat = np.concatenate(cat_parts, axis=1).astype(np.float32)
+    return np.concatenate([num, cat], axis=1), list(range(num.shape[1], num.shape[1] + cat.shape[1]))
+
+
+def lgbm_fit_predict(x_tr, y_tr, x_va, y_va, x_te, cats, rounds: int, seed: int) -> np.ndarray:
+    params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20,
+              "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "seed": seed,
+              "num_threads": 2, "verbose": -1, "deterministic": True, "force_row_wise": True}
+    if len(x_tr) < 200:
+        params.update(min_data_in_leaf=5, num_leaves=7)
+    dtr = lgb.Dataset(x_tr, y_tr, categorical_feature=cats, free_raw_data=False)
+    callbacks = []
+    valid_sets = []
+    if len(np.unique(y_va)) == 2:
+        valid_sets = [lgb.Dataset(x_va, y_va, categorical_feature=cats, reference=dtr)]
+        callbacks = [lgb.early_stopping(30, verbose=False)]
+    booster = lgb.train(params, dtr, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks)
+    return booster.predict(x_te, num_iteration=booster.best_iteration or None)
+
+
+def run(args: argparse.Namespace) -> None:
+    tag = "baselines_quick" if args.quick else "baselines"
+    data_dir = Path(args.data)
+    if not (data_dir / MANIFEST).exists():
+        from longtail.data.flights import build_flights
+
+        print(f"building flights tables in {data_dir} ...", flush=True)
+        build_flights(data_dir)
+    t0 = time.perf_counter()
+    data: PreparedData = prepare(DataConfig(tables=str(data_dir), split_seed=args.seed))
+    scenarios = data.scenarios
+    spec = data.spec
+    print(f"prepared {len(data.frame)} rows, {len(scenarios)} carriers in {time.perf_counter() - t0:.0f}s", flush=True)
+    train_cfg = TrainConfig(epochs=args.epochs, seed=args.seed, patience=2)
+    lstm = HeavyConfig(encoder="lstm", num_layers=6, hidden_size=15)
+    bert = HeavyConfig(encoder="bert", num_layers=6, hidden_size=15, intermediate_size=32)
+    timings: dict[str, float] = {}
+    columns: dict[str, pd.Series] = {}
+
+    for name, cfg in [("global_heavy", lstm), ("global_heavy_bert", bert)]:
+        t = time.perf_counter()
+        tr = train_heavy(data, scenarios, cfg, train_cfg, show_progress=args.progress, description=name)
+        per = evaluate_heavy(tr.model, tr.transforms, data, scenarios)
+        columns[name] = per.set_index("scenario")["auc"]
+        timings[name] = time.perf_counter() - t
+        print(f"{name}: mean AUC {per['auc'].mean():.4f} in {timings[name]:.0f}s", flush=True)
+
+    t = time.perf_counter()
+    sinh = {}
+    for scen in scenarios:
+        tr = train_heavy(data, [scen], lstm, train_cfg, show_progress=args.progress, description=f"SinH {scen}")
+        sinh[scen] = evaluate_heavy(tr.model, tr.transforms, data, [scen]).set_index("scenario")["auc"].iloc[0]
+    columns["SinH"] = pd.Series(sinh)
+    timings["SinH"] = time.perf_counter() - t
+    print(f"SinH: mean AUC {np.nanmean(list(sinh.values())):.4f} in {timings['SinH']:.0f}s", flush=True)
+
+    # LightGBM on the same features: the transforms fitted on all training rows (as global_heavy)
+    t = time.perf_counter()
+    tf = FittedTransforms.fit(spec, data.rows(TRAIN))
+    feats = {s: flatten(tf.transform(data.rows(s))) for s in (TRAIN, VALID, TEST)}
+    cats = feats[TRAIN][1]
+    scen_col = {s: tf.scenario_index(data.rows(s)[spec.scenario]).astype(np.float32)[:, None] for s in feats}
+    y = {s: data.rows(s)[spec.label].to_numpy() for s in feats}
+    x = {s: np.concatenate([feats[s][0], scen_col[s]], axis=1) for s in feats}
+    p = lgbm_fit_predict(x[TRAIN], y[TRAIN], x[VALID], y[VALID], x[TEST], cats + [x[TRAIN].shape[1] - 1],
+                         args.rounds, args.seed)
+    per = per_scenario_auc(data.rows(TEST)[spec.scenario], y[TEST], p)
+    columns["lgbm_global"] = per.set_index("scenario")["auc"]
+    timings["lgbm_global"] = time.perf_counter() - t
+    print(f"lgbm_global: mean AUC {per['auc'].mean():.4f} in {timings['lgbm_global']:.0f}s", flush=True)
+
+    t = time.perf_counter()
+    single = {}
+    scen_of = {s: data.rows(s)[spec.scenario].astype(str).to_numpy() for s in feats}
+    for scen in scenarios:
+        sel = {s: scen_of[s] == scen for s in feats}
+        tf_s = FittedTransforms.fit(spec, data.rows(TRAIN, [scen]))  # as SinH: fitted on the carrier's rows
+        fs = {s: flatten(tf_s.transform(data.rows(s, [scen])))[0] for s in feats}
+        p = lgbm_fit_predict(fs[TRAIN], y[TRAIN][sel[TRAIN]], fs[VALID], y[VALID][sel[VALID]], fs[TEST], cats,
+                             args.rounds, args.seed)
+        single[scen] = per_scenario_auc(np.full(len(p), scen), y[TEST][sel[TEST]], p)["auc"].iloc[0]
+    columns["lgbm_single"] = pd.Series(single)
+    timings["lgbm_single"] = time.perf_counter() - t
+    print(f"lgbm_single: mean AUC {np.nanmean(list(single.values())):.4f} in {timings['lgbm_single']:.0f}s",
+          flush=True)
+
+    sizes = pd.DataFrame({
+        "scenario": scenarios,
+        "n_train": [len(data.rows(TRAIN, [s])) + len(data.rows(VALID, [s])) for s in scenarios],
+        "n_test": [len(data.rows(TEST, [s])) for s in scenarios],
+    })
+    table = sizes.assign(**{m: sizes["scenario"].map(columns[m]) for m in METHODS})
+    write_results(table, timings, tag, args, total=time.perf_counter() - t0, dataset=spec.name)
+
+
+def write_results(table: pd.DataFrame, timings: dict[str, float], tag: str, args: argparse.Namespace,
+                  total: float, dataset: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with atomic_path(RESULTS / f"{tag}.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    means = table[METHODS].mean()
+    wins = {m: int((table[m] == table[METHODS].max(axis=1)).sum()) for m in METHODS}
+    lines = [
+        f"# Baselines on {dataset} ({'quick' if args.quick else 'full'} run)",
+        "",
+        f"Command: `python bench/baselines.py {' '.join(sys.argv[1:])}` — epochs {args.epochs}, "
+        f"LightGBM rounds {args.rounds}, split seed {args.seed}; machine: {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads available, CPU; total {total:.0f}s.",
+        "",
+        "Per-carrier test AUC (20% test split per carrier). NaN: the carrier's test split has one class.",
+        "",
+        "| scenario | n_train | n_test | " + " | ".join(METHODS) + " |",
+        "|---|---:|---:|" + "---:|" * len(METHODS),
+    ]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['scenario']} | {r['n_train']} | {r['n_test']} | "
+                     + " | ".join("—" if pd.isna(r[m]) else f"{r[m]:.4f}" for m in METHODS) + " |")
+    lines.append("| **mean** | | | " + " | ".join(f"**{means[m]:.4f}**" for m in METHODS) + " |")
+    lines += ["", "| method | mean AUC | carriers where best | run time (s) |", "|---|---:|---:|---:|"]
+    for m in METHODS:
+        lines.append(f"| {m} | {means[m]:.4f} | {wins[m]} | {timings[m]:.0f} |")
+    atomic_write_text(RESULTS / f"{tag}.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{tag}_timings.json",
+                      json.dumps({"seconds": timings, "total_seconds": total, "mean_auc": means.to_dict()}, indent=2))
+    plot(table, RESULTS / f"{tag}.png", dataset)
+    print("\n".join(lines))
+
+
+def plot(table: pd.DataFrame, path: Path, dataset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    x = np.arange(len(table))
+    w = 0.8 / len(METHODS)
+    for i, m in enumerate(METHODS):
+        ax.bar(x + (i - (len(METHODS) - 1) / 2) * w, table[m], w, label=m)
+    ax.set_xticks(x, [f"{s}\n{n}" for s, n in zip(table["scenario"], table["n_train"], strict=True)], fontsize=8)
+    ax.set_ylim(0.4, max(0.9, float(np.nanmax(table[METHODS].to_numpy())) + 0.02))
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"{dataset}: per-scenario test AUC (scenarios by training size, largest first)")
+    ax.legend(ncol=len(METHODS), fontsize=8, loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/flights", help="flights table set (built if missing)")
+    p.add_argument("--quick", action="store_true", help="1 epoch and 100 LightGBM rounds, for iteration")
+    p.add_argument("--epochs", type=int, help="heavy-model epochs (default 5, quick 1)")
+    p.add_argument("--rounds", type=int, help="LightGBM boosting rounds (default 1000, quick 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="progress bars")
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else 5)
+    args.rounds = args.rounds or (100 if args.quick else 1000)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
