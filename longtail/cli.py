@@ -29,6 +29,7 @@ from longtail import __version__
 from longtail.config import ConfigError, load_config, parse_overrides
 from longtail.data.tables import TableSetError
 from longtail.spec import SpecError
+from longtail.train import CheckpointMismatch
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SpecError, ConfigError, TableSetError, FileNotFoundError) as e:
+    except (SpecError, ConfigError, TableSetError, CheckpointMismatch, FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -224,7 +224,7 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
                             **cost_of(tr.model, tr.transforms, data, cfg.latency_repeats)}
     else:
         for i, scen in enumerate(scenarios):
-            tr = train_heavy(data, [scen], cfg.model, cfg.train, out / "models" / _safe(scen),
+            tr = train_heavy(data, [scen], cfg.model, cfg.train, out / "models" / safe_name(scen),
                              show_progress=show_progress, description=f"SinH {scen} ({i + 1}/{len(scenarios)})",
                              log=log)
             tables.append(evaluate_heavy(tr.model, tr.transforms, data, [scen]))
@@ -248,5 +248,6 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
     return metrics
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A scenario name made safe for a folder name."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

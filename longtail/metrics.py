@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
 from longtail.data.tensors import Batch
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:
     """ROC AUC, or None when ``y`` has a single class (AUC is undefined there)."""
+    from sklearn.metrics import roc_auc_score  # imported here: spawned workers start faster
+
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
         return None

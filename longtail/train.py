@@ -55,6 +55,10 @@ class TrainConfig:
     threads: int = 1
 
 
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint exists for the output folder but was written with another config."""
+
+
 @dataclass
 class TrainResult:
     best_valid_auc: float | None
@@ -120,8 +124,9 @@ def fit(
     if ckpt_path is not None and ckpt_path.exists():
         saved = torch.load(ckpt_path, map_location=device, weights_only=True)
         if saved["config"] != config_to_dict(cfg):
-            raise RuntimeError(f"{ckpt_path}: checkpoint was written with another training config; "
-                               "delete the checkpoint folder or rerun with the same config")
+            raise CheckpointMismatch(f"{ckpt_path}: checkpoint was written with another training config; "
+                                     "delete the checkpoint folder, choose another --out, or rerun with the "
+                                     "same config")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optim"])
         best_state = saved["best_model"]
