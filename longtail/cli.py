@@ -37,21 +37,22 @@ err = Console(stderr=True)
 
 # ---------------------------------------------------------------------- printing
 def auc_table(per: pd.DataFrame, title: str, auc_columns: list[str] | None = None) -> Table:
-    """A rich table of per-scenario results with a mean row."""
+    """A rich table of per-scenario results with a mean row (``n``/``positives`` shown when present)."""
     cols = auc_columns or ["auc"]
+    counts = [c for c in ("n", "positives") if c in per]
     t = Table(title=title)
     t.add_column("scenario")
-    t.add_column("test n", justify="right")
-    t.add_column("positives", justify="right")
+    for c in counts:
+        t.add_column("test n" if c == "n" else c, justify="right")
     for c in cols:
         t.add_column(c, justify="right")
     t.add_column("note")
     for _, r in per.iterrows():
-        t.add_row(str(r["scenario"]), str(int(r["n"])), str(int(r["positives"])),
-                  *[_fmt(r[c]) for c in cols], str(r.get("note", "") or ""))
+        t.add_row(str(r["scenario"]), *[str(int(r[c])) for c in counts], *[_fmt(r[c]) for c in cols],
+                  str(r.get("note", "") or ""))
     t.add_section()
-    t.add_row("mean", str(int(per["n"].sum())), str(int(per["positives"].sum())),
-              *[_fmt(per[c].mean()) for c in cols], "mean over scenarios with an AUC")
+    t.add_row("mean", *[str(int(per[c].sum())) for c in counts], *[_fmt(per[c].mean()) for c in cols],
+              "mean over scenarios with an AUC")
     return t
 
 
@@ -120,16 +121,20 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_config(cls, args: argparse.Namespace, **flags: Any):
+    """Defaults < --config file < --set overrides < explicit flags (dotted keys)."""
+    overrides = parse_overrides(args.set or [])
+    for k, v in flags.items():
+        if v is not None:
+            _deep(overrides, k, v)
+    return load_config(cls, args.config, overrides)
+
+
 def _train_config(args: argparse.Namespace):
     from longtail.experiment import TrainJobConfig
 
-    overrides = parse_overrides(args.set or [])
-    flat = {"data.tables": args.data, "strategy": args.strategy, "train.epochs": args.epochs,
-            "model.encoder": args.encoder}
-    for k, v in flat.items():
-        if v is not None:
-            _deep(overrides, k, v)
-    return load_config(TrainJobConfig, args.config, overrides)
+    return _job_config(TrainJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
+                                                "train.epochs": args.epochs, "model.encoder": args.encoder})
 
 
 def _deep(d: dict, key: str, value: Any) -> dict:
@@ -189,6 +194,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_meta_run(args: argparse.Namespace) -> int:
+    from longtail.meta.strategies import StrategyJobConfig, run_strategy
+
+    cfg = _job_config(StrategyJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
+                                                  "train.epochs": args.epochs, "model.encoder": args.encoder,
+                                                  "workers": args.workers})
+    out = Path(args.out or f"runs/{cfg.strategy}-{cfg.model.encoder}")
+    metrics = run_strategy(cfg, out, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    per = pd.DataFrame(metrics["per_scenario"]).replace({None: np.nan})
+    per = per.rename(columns={"n_test": "n"})
+    console.print(auc_table(per, f"{metrics['strategy']} ({cfg.model.encoder}): test AUC per scenario"))
+    console.print(f"run folder: {out}")
+    return 0
+
+
+def cmd_meta_refresh(args: argparse.Namespace) -> int:
+    from longtail.meta.strategies import RefreshJobConfig, run_refresh
+
+    cfg = _job_config(RefreshJobConfig, args, **{"store": args.store, "data.tables": args.data})
+    run_refresh(cfg, log=console.print)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from longtail.data.tables import MANIFEST
 
@@ -242,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate the models of a run folder per scenario")
     e.add_argument("run")
     e.set_defaults(func=cmd_evaluate)
+
+    meta = sub.add_parser("meta", help="scenario-specific heavy models by meta-learning (SinH, MeH, refresh)")
+    msub = meta.add_subparsers(dest="meta_command", required=True)
+    m = msub.add_parser("run", help="run a strategy: SinH or MeH (8 initial scenarios, then arrivals)")
+    train_args(m, None)
+    m.add_argument("--strategy", choices=["sinh", "meh"], help="strategy (default meh)")
+    m.add_argument("--workers", type=int, help="MeH: concurrent onboarding processes")
+    m.set_defaults(func=cmd_meta_run)
+    r = msub.add_parser("refresh", help="meta-train: refresh theta0 on the stored rows of all scenarios seen")
+    r.add_argument("--store", help="theta0 store folder (e.g. runs/meh-lstm/theta0)")
+    r.add_argument("--data", help="table-set folder the store was built from")
+    r.add_argument("--config", help="YAML config file")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.set_defaults(func=cmd_meta_refresh)
 
     d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
     train_args(d, "data/flights")

@@ -44,3 +44,21 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "train.epochs" in capsys.readouterr().err
     assert main(["train", "--set", "model.colour=red", "--out", str(tmp_path / "r")]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_cli_meta_strategies_and_refresh(tmp_path, capsys):
+    data = tmp_path / "syn"
+    assert main(["data", "build", "synthetic", "--out", str(data), "--scenarios", "9", "--max-rows", "300",
+                 "--min-rows", "40"]) == 0
+    tiny = ["--set", "model.num_layers=1", "--set", "model.hidden_size=8", "--set", "train.batch_size=128",
+            "--epochs", "1", "--set", "meta.finetune.epochs=1"]
+    assert main(["meta", "run", "--data", str(data), "--out", str(tmp_path / "meh"), *tiny]) == 0
+    metrics = json.loads((tmp_path / "meh" / "metrics.json").read_text())
+    assert metrics["strategy"] == "MeH" and len(metrics["per_scenario"]) == 9
+    assert "MeH (lstm): test AUC per scenario" in capsys.readouterr().out
+    assert main(["meta", "refresh", "--store", str(tmp_path / "meh" / "theta0"), "--data", str(data),
+                 "--set", "train.epochs=1"]) == 0
+    assert "refreshed on 9 scenarios" in capsys.readouterr().out
+    assert main(["meta", "run", "--strategy", "sinh", "--data", str(data), "--out", str(tmp_path / "sinh"),
+                 *tiny]) == 0
+    assert json.loads((tmp_path / "sinh" / "metrics.json").read_text())["strategy"] == "SinH"
