@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv demo test test-fast lint bench-baselines clean
+.PHONY: venv demo test test-fast lint bench-baselines bench-meta clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 ## baselines on flights: global heavy, SinH, LightGBM global and per scenario (QUICK=1 for a short run)
 bench-baselines: $(STAMP)
 	$(BIN)/python bench/baselines.py $(if $(QUICK),--quick,)
+
+## SinH vs MeH per carrier on flights, LSTM and BERT heavy encoders (QUICK=1: 1 epoch, LSTM only)
+bench-meta: $(STAMP)
+	$(BIN)/python bench/meta.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,148 @@
+"""SinH vs MeH on the real flights data, with LSTM and BERT heavy encoders (paper Table III/IV).
+
+For each encoder: SinH trains one heavy model per carrier on its own rows; MeH trains θ0 on 8
+randomly drawn carriers, then onboards every carrier in a random arrival order (fine-tune a copy
+of θ0 on the carrier's support rows, evaluate θu on its test rows, feed the query gradient back to
+θ0). Writes ``bench/results/meta.{csv,md,png}`` (``--quick``: ``meta_quick.*``): one row per
+carrier, AUC columns ``SinH_lstm, MeH_lstm, SinH_bert, MeH_bert``, the mean, the number of
+carriers where MeH wins, and the wall time of onboarding one carrier.
+
+Run: ``make bench-meta`` (full: 5 epochs as in the paper) or ``make bench-meta QUICK=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from longtail.data.tables import MANIFEST
+from longtail.experiment import DataConfig, prepare
+from longtail.io import atomic_path, atomic_write_text
+from longtail.meta.finetune import MetaConfig
+from longtail.meta.strategies import run_meh, run_sinh
+from longtail.models.heavy import HeavyConfig
+from longtail.train import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENCODERS = {
+    "lstm": HeavyConfig(encoder="lstm", num_layers=6, hidden_size=15),
+    "bert": HeavyConfig(encoder="bert", num_layers=6, hidden_size=15, intermediate_size=32),
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    tag = "meta_quick" if args.quick else "meta"
+    data_dir = Path(args.data)
+    if not (data_dir / MANIFEST).exists():
+        from longtail.data.flights import build_flights
+
+        build_flights(data_dir)
+    t0 = time.perf_counter()
+    data = prepare(DataConfig(tables=str(data_dir), split_seed=args.seed))
+    train_cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    meta_cfg = MetaConfig(finetune=TrainConfig(epochs=args.epochs, patience=2, seed=args.seed), seed=args.seed)
+    table = pd.DataFrame({"scenario": data.scenarios})
+    timings: dict[str, dict] = {}
+    info: dict[str, dict] = {}
+    for enc in args.encoders:
+        cfg = ENCODERS[enc]
+        out = Path(args.work) / enc
+        sinh = run_sinh(data, cfg, train_cfg, out=out / "sinh", log=print)
+        meh = run_meh(data, cfg, train_cfg, meta_cfg, out=out / "meh", log=print)
+        for name, res in (("SinH", sinh), ("MeH", meh)):
+            col = res.table.set_index("scenario")
+            table[f"{name}_{enc}"] = table["scenario"].map(col["auc"])
+            timings[f"{name}_{enc}"] = res.timings
+        if "n_train" not in table:
+            col = sinh.table.set_index("scenario")
+            table.insert(1, "n_train", table["scenario"].map(col["n_train"]))
+            table.insert(2, "n_test", table["scenario"].map(col["n_test"]))
+        table[f"initial_{enc}"] = table["scenario"].isin(meh.info.get("initial", []))
+        info[enc] = {k: v for k, v in meh.info.items() if k in ("initial", "arrival", "final_version")}
+        print(f"{enc}: SinH {sinh.mean_auc:.4f}  MeH {meh.mean_auc:.4f}", flush=True)
+    write_results(table, timings, info, tag, args, time.perf_counter() - t0, data.spec.name)
+
+
+def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args: argparse.Namespace,
+                  total: float, dataset: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with atomic_path(RESULTS / f"{tag}.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    lines = [f"# SinH vs MeH on {dataset} ({'quick' if args.quick else 'full'} run)", "",
+             f"Command: `python bench/meta.py {' '.join(sys.argv[1:])}` — epochs {args.epochs}, split seed "
+             f"{args.seed}; {platform.machine()} CPU; total {total:.0f}s.", "",
+             "Per-scenario test AUC; scenarios by training size, largest first; * = one of MeH's initial "
+             "scenarios.",
+             ""]
+    aucs = [c for c in table.columns if c.startswith(("SinH_", "MeH_"))]
+    lines += ["| scenario | n_train | n_test | " + " | ".join(aucs) + " |", "|---|---:|---:|" + "---:|" * len(aucs)]
+    for _, r in table.iterrows():
+        star = "*" if any(r.get(f"initial_{e}", False) for e in args.encoders) else ""
+        lines.append(f"| {r['scenario']}{star} | {r['n_train']} | {r['n_test']} | "
+                     + " | ".join("—" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in aucs) + " |")
+    lines.append("| **mean** | | | " + " | ".join(f"**{table[c].mean():.4f}**" for c in aucs) + " |")
+    lines += ["", "| encoder | SinH mean | MeH mean | MeH wins | MeH wins (small half) | onboard one carrier (s, median) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    small = table["n_train"] <= table["n_train"].median()
+    for enc in args.encoders:
+        s, m = table[f"SinH_{enc}"], table[f"MeH_{enc}"]
+        both = s.notna() & m.notna()
+        wins = int((m[both] > s[both]).sum())
+        wins_small = int((m[both & small] > s[both & small]).sum())
+        per = timings[f"MeH_{enc}"].get("per_scenario", {})
+        onboard = float(np.median(list(per.values()))) if per else float("nan")
+        lines.append(f"| {enc} | {s.mean():.4f} | {m.mean():.4f} | {wins}/{int(both.sum())} | "
+                     f"{wins_small}/{int((both & small).sum())} | {onboard:.1f} |")
+    atomic_write_text(RESULTS / f"{tag}.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{tag}_timings.json", json.dumps({"timings": timings, "protocol": info,
+                                                                   "total_seconds": total}, indent=2, default=str))
+    plot(table, aucs, RESULTS / f"{tag}.png", dataset)
+    print("\n".join(lines))
+
+
+def plot(table: pd.DataFrame, aucs: list[str], path: Path, dataset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    x = np.arange(len(table))
+    w = 0.8 / len(aucs)
+    for i, c in enumerate(aucs):
+        ax.bar(x + (i - (len(aucs) - 1) / 2) * w, table[c], w, label=c)
+    ax.set_xticks(x, [f"{s}\n{n}" for s, n in zip(table["scenario"], table["n_train"], strict=True)], fontsize=8)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"{dataset}: SinH vs MeH per scenario (largest first)")
+    ax.legend(ncol=len(aucs), fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/flights", help="flights table set (built if missing)")
+    p.add_argument("--work", default="runs/bench-meta", help="folder for the models and θ0 stores")
+    p.add_argument("--quick", action="store_true", help="1 epoch, LSTM only, for iteration")
+    p.add_argument("--epochs", type=int, help="epochs (default 5, quick 1)")
+    p.add_argument("--encoders", default=None, help="comma list (default lstm,bert; quick lstm)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else 5)
+    args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
