@@ -13,6 +13,8 @@ Every run writes its effective config and metrics (JSON) beside its outputs.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from rich.table import Table
 from longtail import __version__
 from longtail.config import ConfigError, load_config, parse_overrides
 from longtail.data.tables import TableSetError
+from longtail.registry.errors import RegistryError
 from longtail.spec import SpecError
 from longtail.train import CheckpointMismatch
 
@@ -217,6 +220,62 @@ def cmd_meta_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace):
+    from longtail.registry import open_registry
+
+    return open_registry(args.registry)
+
+
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    t = Table(title=f"models in {args.registry}")
+    t.add_column("name", no_wrap=True)
+    for c in ("version", "kind", "scenario"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("metrics", overflow="fold")
+    t.add_column("created", overflow="fold")
+    for name in reg.list_models():
+        for v in reg.list_versions(name):
+            mv = reg.get(name, v)
+            metrics = ", ".join(f"{k}={_fmt(x) if isinstance(x, float) else x}" for k, x in mv.metrics.items())
+            t.add_row(name, str(v), mv.kind, mv.scenario or "—", escape(metrics), mv.created_at)
+    console.print(t)
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace) -> int:
+    mv = _registry(args).get(args.name, args.version)
+    console.print_json(data=mv.to_dict())
+    return 0
+
+
+def _print_serving(reg, scenario: str) -> None:
+    cur = reg.serving(scenario)
+    console.print(f"scenario {scenario}: serving " + (f"{cur[0]} v{cur[1]}" if cur else "nothing"))
+
+
+def cmd_registry_promote(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    reg.promote(args.scenario, args.name, args.version, note=args.note or "")
+    _print_serving(reg, args.scenario)
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    reg.rollback(args.scenario, note=args.note or "")
+    _print_serving(reg, args.scenario)
+    return 0
+
+
+def cmd_registry_serving(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    _print_serving(reg, args.scenario)
+    for h in reg.history(args.scenario):
+        console.print(escape(json.dumps(h, sort_keys=True)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from longtail.data.tables import MANIFEST
 
@@ -285,6 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     r.set_defaults(func=cmd_meta_refresh)
 
+    rg = sub.add_parser("registry", help="the model registry: list, show, promote, rollback, serving")
+    rg.add_argument("--registry", default=os.environ.get("LONGTAIL_REGISTRY", "runs/registry"),
+                    help="a folder, file:// or s3://bucket/prefix URI (default $LONGTAIL_REGISTRY or runs/registry)")
+    rsub = rg.add_subparsers(dest="registry_command", required=True)
+    rsub.add_parser("list", help="every published version").set_defaults(func=cmd_registry_list)
+    sh = rsub.add_parser("show", help="one version's manifest (files, metrics, lineage)")
+    sh.add_argument("name")
+    sh.add_argument("version", type=int)
+    sh.set_defaults(func=cmd_registry_show)
+    pr = rsub.add_parser("promote", help="serve NAME VERSION for SCENARIO")
+    pr.add_argument("scenario")
+    pr.add_argument("name")
+    pr.add_argument("version", type=int)
+    pr.add_argument("--note")
+    pr.set_defaults(func=cmd_registry_promote)
+    rb = rsub.add_parser("rollback", help="serve SCENARIO's previously promoted version again")
+    rb.add_argument("scenario")
+    rb.add_argument("--note")
+    rb.set_defaults(func=cmd_registry_rollback)
+    sv = rsub.add_parser("serving", help="what serves SCENARIO, and the pointer's history")
+    sv.add_argument("scenario")
+    sv.set_defaults(func=cmd_registry_serving)
+
     d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
     train_args(d, "data/flights")
     d.set_defaults(func=cmd_demo, out="runs/demo")
@@ -295,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SpecError, ConfigError, TableSetError, CheckpointMismatch, FileNotFoundError) as e:
+    except (SpecError, ConfigError, TableSetError, CheckpointMismatch, RegistryError, FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -52,10 +52,28 @@ def test_cli_meta_strategies_and_refresh(tmp_path, capsys):
                  "--min-rows", "40"]) == 0
     tiny = ["--set", "model.num_layers=1", "--set", "model.hidden_size=8", "--set", "train.batch_size=128",
             "--epochs", "1", "--set", "meta.finetune.epochs=1"]
-    assert main(["meta", "run", "--data", str(data), "--out", str(tmp_path / "meh"), *tiny]) == 0
+    reg = tmp_path / "registry"
+    assert main(["meta", "run", "--data", str(data), "--out", str(tmp_path / "meh"), *tiny,
+                 "--set", f"registry={reg}"]) == 0
     metrics = json.loads((tmp_path / "meh" / "metrics.json").read_text())
     assert metrics["strategy"] == "MeH" and len(metrics["per_scenario"]) == 9
+    # every θu and the final θ0 are published with lineage
+    assert len(metrics["published"]) == 10
+    from longtail.registry import open_registry
+
+    r = open_registry(str(reg))
+    mv = r.get("synthetic.s03.heavy-lstm", 1)
+    assert mv.kind == "specific" and mv.scenario == "s03" and mv.lineage["strategy"] == "MeH"
+    assert mv.lineage["data_split"]["seed"] == 0 and "theta0_store_version" in mv.lineage
+    assert r.get("synthetic.theta0-lstm", 1).kind == "agnostic"
     assert "MeH (lstm): test AUC per scenario" in capsys.readouterr().out
+    assert main(["registry", "--registry", str(reg), "list"]) == 0
+    assert "synthetic.s03.heavy-lstm" in capsys.readouterr().out
+    assert main(["registry", "--registry", str(reg), "promote", "s03", "synthetic.s03.heavy-lstm", "1"]) == 0
+    assert "serving synthetic.s03.heavy-lstm v1" in capsys.readouterr().out
+    assert main(["registry", "--registry", str(reg), "rollback", "s03"]) == 2  # nothing to roll back to
+    assert main(["registry", "--registry", str(reg), "promote", "s03", "synthetic.s04.heavy-lstm", "1"]) == 2
+    capsys.readouterr()
     assert main(["meta", "refresh", "--store", str(tmp_path / "meh" / "theta0"), "--data", str(data),
                  "--set", "train.epochs=1"]) == 0
     assert "refreshed on 9 scenarios" in capsys.readouterr().out

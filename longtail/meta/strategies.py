@@ -23,16 +23,24 @@ import pandas as pd
 
 from longtail.config import config_to_dict, save_config
 from longtail.data.splits import TEST, TRAIN
-from longtail.experiment import DataConfig, PreparedData, evaluate_heavy, prepare, safe_name, train_heavy
+from longtail.experiment import (
+    DataConfig,
+    PreparedData,
+    evaluate_heavy,
+    prepare,
+    safe_name,
+    save_model_dir,
+    train_heavy,
+)
 from longtail.io import atomic_path, atomic_write_json
 from longtail.meta.finetune import MetaConfig, create_theta0_store, refresh_theta0
 from longtail.meta.server import Theta0Server
 from longtail.meta.workers import onboard_many
-from longtail.models.heavy import HeavyConfig
+from longtail.models.heavy import HeavyConfig, build_model
 from longtail.train import TrainConfig
 
-__all__ = ["RefreshJobConfig", "StrategyJobConfig", "StrategyResult", "draw_protocol", "run_meh",
-           "run_refresh", "run_sinh", "run_strategy"]
+__all__ = ["RefreshJobConfig", "StrategyJobConfig", "StrategyResult", "draw_protocol", "publish_strategy",
+           "run_meh", "run_refresh", "run_sinh", "run_strategy"]
 
 TABLE_COLUMNS = ["scenario", "n_train", "n_test", "auc"]
 
@@ -75,6 +83,61 @@ def _write(result: StrategyResult, out: Path | None) -> None:
     with atomic_path(out / "per_scenario.csv") as tmp:
         result.table.to_csv(tmp, index=False)
     atomic_write_json(out / "metrics.json", result.to_metrics())
+
+
+def _save_meh_models(out: Path, store: Theta0Server, results: list, transforms, model_cfg: HeavyConfig) -> None:
+    """Write every θu (``out/models/<scenario>``) and the final θ0 (``out/theta0_final``) as model folders."""
+    model = build_model(transforms.schema, model_cfg)
+    for r in results:
+        model.load_state_dict(r.theta_u)
+        save_model_dir(out / "models" / safe_name(r.scenario), model, transforms, model_cfg, {
+            "scenarios": [r.scenario], "strategy": "MeH", "theta0_store_version": r.base_version,
+            "test_auc": r.metrics.get("test_auc")})
+    version, state = store.load()
+    model.load_state_dict(state)
+    save_model_dir(out / "theta0_final", model, transforms, model_cfg, {
+        "scenarios": store.scenarios_seen(), "strategy": "MeH", "theta0_store_version": version})
+
+
+def publish_strategy(result: StrategyResult, out: Path, registry_uri: str, *, dataset: str, encoder: str,
+                     split_seed: int, tables: str, log=None) -> list[dict[str, Any]]:
+    """Publish a strategy run's models to the registry with their metrics and lineage.
+
+    Every scenario-specific heavy model (``out/models/<scenario>``) becomes a ``specific`` version of
+    ``<dataset>.<scenario>.heavy-<encoder>``; MeH's final θ0 becomes an ``agnostic`` version of
+    ``<dataset>.theta0-<encoder>``. Lineage names the θ0 store version each θu was fine-tuned
+    from, the data split (table set and seed) and the code version.
+
+    Returns:
+        One record per published version (name, version, scenario).
+    """
+    from longtail.registry import lineage, open_registry
+
+    reg = open_registry(registry_uri)
+    split = {"tables": tables, "seed": split_seed}
+    store = result.info.get("theta0_store")
+    published = []
+    if result.strategy == "MeH" and (out / "theta0_final").exists():
+        v = reg.publish(f"{dataset}.theta0-{encoder}", out / "theta0_final", kind="agnostic",
+                        metrics={"final_store_version": result.info.get("final_theta0_version")},
+                        lineage=lineage(data_split=split, theta0_store=store, strategy="MeH"))
+        published.append({"name": v.name, "version": v.version, "scenario": None})
+    for _, row in result.table.iterrows():
+        scen = str(row["scenario"])
+        folder = out / "models" / safe_name(scen)
+        if not folder.exists():
+            continue
+        extra = {"strategy": result.strategy}
+        if result.strategy == "MeH":
+            extra.update(theta0_store=store, theta0_store_version=int(row["base_version"]))
+        metrics = {"test_auc": None if pd.isna(row["auc"]) else float(row["auc"]),
+                   "n_train": int(row["n_train"]), "n_test": int(row["n_test"])}
+        v = reg.publish(f"{dataset}.{safe_name(scen)}.heavy-{encoder}", folder, kind="specific", scenario=scen,
+                        metrics=metrics, lineage=lineage(data_split=split, **extra))
+        published.append({"name": v.name, "version": v.version, "scenario": scen})
+        if log:
+            log(f"published {v.name} v{v.version}")
+    return published
 
 
 def _test_auc(per: pd.DataFrame) -> float:
@@ -164,6 +227,8 @@ def run_meh(data: PreparedData, model_cfg: HeavyConfig, train_cfg: TrainConfig, 
                                     initial)
         results = onboard_many(store, data, arrival, meta_cfg, workers=workers, mode="async")
         final_version = store.current_version
+        if out is not None:
+            _save_meh_models(out, store, results, theta0.transforms, model_cfg)
     finally:
         if tmp:
             tmp.cleanup()
@@ -205,6 +270,8 @@ class StrategyJobConfig:
         meta: MeH's fine-tune, feedback rule and protocol.
         strategy: ``sinh`` or ``meh``.
         workers: MeH's concurrent onboarding processes (1: strict arrival order).
+        registry: when set (a path, ``file://`` or ``s3://`` URI), every model is published there
+            with its metrics and lineage.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -213,6 +280,7 @@ class StrategyJobConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     strategy: Literal["sinh", "meh"] = "meh"
     workers: int = 1
+    registry: str = ""
 
 
 def run_strategy(cfg: StrategyJobConfig, out: str | Path, *, log=print) -> dict[str, Any]:
@@ -232,6 +300,10 @@ def run_strategy(cfg: StrategyJobConfig, out: str | Path, *, log=print) -> dict[
     else:
         raise ValueError(f"strategy must be 'sinh' or 'meh', got {cfg.strategy!r}")
     metrics = {**result.to_metrics(), "dataset": data.spec.name, "config": config_to_dict(cfg)}
+    if cfg.registry:
+        metrics["published"] = publish_strategy(result, out, cfg.registry, dataset=safe_name(data.spec.name),
+                                                encoder=cfg.model.encoder, split_seed=cfg.data.split_seed,
+                                                tables=cfg.data.tables, log=log)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
