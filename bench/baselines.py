@@ -24,6 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import torch
+from report import auc_bars
 
 from longtail.data.splits import TEST, TRAIN, VALID
 from longtail.data.tables import MANIFEST
@@ -183,26 +184,7 @@ def write_results(table: pd.DataFrame, timings: dict[str, float], tag: str, args
 
 
 def plot(table: pd.DataFrame, path: Path, dataset: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    x = np.arange(len(table))
-    w = 0.8 / len(METHODS)
-    for i, m in enumerate(METHODS):
-        ax.bar(x + (i - (len(METHODS) - 1) / 2) * w, table[m], w, label=m)
-    ax.set_xticks(x, [f"{s}\n{n}" for s, n in zip(table["scenario"], table["n_train"], strict=True)], fontsize=8)
-    ax.set_ylim(0.4, max(0.9, float(np.nanmax(table[METHODS].to_numpy())) + 0.02))
-    ax.axhline(0.5, color="grey", lw=0.5)
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"{dataset}: per-scenario test AUC (scenarios by training size, largest first)")
-    ax.legend(ncol=len(METHODS), fontsize=8, loc="upper right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    auc_bars(table, METHODS, path, f"{dataset}: per-scenario test AUC (scenarios by training size, largest first)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from report import auc_bars
 
 from longtail.data.tables import MANIFEST
 from longtail.experiment import DataConfig, prepare
@@ -108,25 +109,7 @@ def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args
 
 
 def plot(table: pd.DataFrame, aucs: list[str], path: Path, dataset: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    x = np.arange(len(table))
-    w = 0.8 / len(aucs)
-    for i, c in enumerate(aucs):
-        ax.bar(x + (i - (len(aucs) - 1) / 2) * w, table[c], w, label=c)
-    ax.set_xticks(x, [f"{s}\n{n}" for s, n in zip(table["scenario"], table["n_train"], strict=True)], fontsize=8)
-    ax.set_ylim(0.4, 1.0)
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"{dataset}: SinH vs MeH per scenario (largest first)")
-    ax.legend(ncol=len(aucs), fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    auc_bars(table, aucs, path, f"{dataset}: SinH vs MeH per scenario (largest first)")
 
 
 def main(argv: list[str] | None = None) -> int:

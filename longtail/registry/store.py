@@ -165,13 +165,17 @@ class LocalStore(ObjectStore):
         if if_absent:
             return self._create(path, key, data)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._replace(path, data)
+        return _etag(data)
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to a temporary file and rename it onto ``path`` (atomic for readers)."""
         tmp = self._write_temp(data)
         try:
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return _etag(data)
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         path = self._path(key)
@@ -227,12 +231,7 @@ class LocalStore(ObjectStore):
                 if current == data:
                     return _etag(data)  # our own earlier write: not a conflict
                 raise ConflictError(f"{self.uri}: {key} changed (expected etag {expected})")
-            tmp = self._write_temp(data)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            self._replace(path, data)
         return _etag(data)
 
 
