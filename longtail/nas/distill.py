@@ -1,0 +1,116 @@
+"""Distillation of the specific heavy model (teacher) into a light model (student), Eq. 5.
+
+``L = BCE(y'_hard, y_hard) + δ · BCE(σ(student / T), σ(teacher / T))``, binary case: the
+student's logit is the one-logit form of the paper's two-class cross-entropy.
+
+Temperature scaling: we follow Eq. 5 as written and do **not** multiply the soft term by
+``T²`` (Hinton et al. do, to keep its gradient scale independent of ``T``); pass
+``scale_t2=True`` for that variant. With ``T = 1`` both are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longtail.data.tensors import Batch, InputSchema
+from longtail.models.heavy import HeavyConfig
+from longtail.nas.space import Genotype
+from longtail.train import TrainConfig, TrainResult, fit
+
+__all__ = ["distill_loss", "teacher_logits", "train_light"]
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                 delta: float = 1.0, temperature: float = 1.0, scale_t2: bool = False) -> torch.Tensor:
+    """Eq. 5: hard-label BCE plus ``delta`` times BCE against the teacher's soft labels.
+
+    Args:
+        student_logits: (B,) student logits.
+        teacher_logits: (B,) teacher logits (detached here: no gradient reaches the teacher).
+        labels: (B,) float hard labels in {0, 1}.
+        delta: weight δ of the soft term (0 gives plain BCE).
+        temperature: softening temperature ``T`` (> 0) of both logits in the soft term.
+        scale_t2: multiply the soft term by ``T²`` (Hinton's scaling; off by default, see module).
+
+    Returns:
+        Scalar loss.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    hard = F.binary_cross_entropy_with_logits(student_logits, labels)
+    if delta == 0:
+        return hard
+    soft_target = torch.sigmoid(teacher_logits.detach() / temperature)  # (B,)
+    soft = F.binary_cross_entropy_with_logits(student_logits / temperature, soft_target)
+    if scale_t2:
+        soft = soft * temperature**2
+    return hard + delta * soft
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, batch: Batch, batch_size: int = 4096) -> torch.Tensor:
+    """Teacher logits of every row of ``batch`` (eval mode, no gradients, on the teacher's device).
+
+    Args:
+        teacher: the specific heavy model.
+        batch: rows to score.
+        batch_size: rows per forward pass.
+
+    Returns:
+        (B,) float logits on the CPU, aligned with the rows of ``batch``.
+    """
+    was_training = teacher.training
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    try:
+        parts = [teacher(batch.index(slice(s, s + batch_size)).to(device)).float().cpu()
+                 for s in range(0, len(batch), batch_size)]
+    finally:
+        teacher.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: HeavyConfig, train: Batch,
+                valid: Batch | None, teacher: nn.Module | None, train_cfg: TrainConfig, *,
+                delta: float = 1.0, temperature: float = 1.0, supernet: nn.Module | None = None,
+                **fit_kwargs: Any) -> tuple[nn.Module, TrainResult]:
+    """Retrain a derived architecture with the distillation loss (from scratch, or from a supernet).
+
+    Args:
+        genotypes: sequence name -> derived genotype.
+        schema: input shapes.
+        config: profile/head architecture (as the supernet model's).
+        train / valid: rows (valid drives early stopping, as in ``fit``).
+        teacher: the specific heavy model; ``None`` trains on hard labels only.
+        train_cfg: training settings (Adam lr 1e-3, batch 512, 5 epochs in the paper).
+        delta: weight δ of the soft term.
+        temperature: temperature ``T`` of the soft term.
+        supernet: when given, the light model starts from the supernet's weights of the chosen
+            operations (``inherit_weights``) instead of a random initialisation.
+        **fit_kwargs: passed to ``longtail.train.fit`` (checkpoint_dir, on_epoch, ...).
+
+    Returns:
+        ``(light model, TrainResult)``.
+    """
+    from longtail.nas.light import build_light_model, inherit_weights
+
+    torch.manual_seed(train_cfg.seed)
+    model = build_light_model(schema, config, genotypes)
+    if supernet is not None:
+        inherit_weights(model, supernet)
+    if teacher is None:
+        return model, fit(model, train, valid, train_cfg, **fit_kwargs)
+    teacher.eval()
+
+    def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
+        # the teacher runs on each batch (fit shuffles rows; this keeps logits aligned with them)
+        with torch.no_grad():
+            t = teacher.to(batch.label.device)(batch)  # (B,)
+        return distill_loss(student(batch), t, batch.label, delta, temperature)
+
+    return model, fit(model, train, valid, train_cfg, loss_fn=loss_fn, **fit_kwargs)
