@@ -30,6 +30,10 @@ from rich.table import Table
 from longtail import __version__
 from longtail.config import ConfigError, load_config, parse_overrides
 from longtail.data.tables import TableSetError
+from longtail.hpo.algorithms import UnknownAlgorithm
+from longtail.hpo.katib import KatibError
+from longtail.hpo.runner import JournalMismatch
+from longtail.hpo.space import SpaceError
 from longtail.registry.errors import RegistryError
 from longtail.spec import SpecError
 from longtail.train import CheckpointMismatch
@@ -276,6 +280,44 @@ def cmd_registry_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hpo_trial(argv: list[str]) -> int:
+    from longtail.hpo.trial import run_trial
+
+    return run_trial(argv)
+
+
+def cmd_hpo_run(args: argparse.Namespace) -> int:
+    from longtail.hpo.trial import HPOJobConfig, run_hpo
+
+    cfg = _job_config(HPOJobConfig, args, **{"data.tables": args.data, "space": args.space,
+                                             "algorithm": args.algorithm, "budget.max_trials": args.trials,
+                                             "budget.parallel": args.parallel, "out": args.out})
+    result = run_hpo(cfg, log=lambda m: console.print(f"[dim]{escape(str(m))}[/dim]"))
+    console.print(result.trials.to_string(index=False))
+    console.print(f"job folder: {cfg.out} (journal, trials.csv, best_auc.png, best.json)")
+    return 0
+
+
+def cmd_hpo_katib(args: argparse.Namespace) -> int:
+    from longtail.hpo.katib import katib_experiment
+    from longtail.hpo.runner import Budget
+    from longtail.hpo.space import load_space
+
+    image = args.image or f"ghcr.io/longtail-ml/longtail:{__version__}"
+    exp = katib_experiment(load_space(args.space), args.algorithm, Budget(max_trials=args.trials,
+                           parallel=args.parallel), image=image, data_path=args.data, namespace=args.namespace,
+                           name=args.name)
+    text = yaml.safe_dump(exp, sort_keys=False)
+    if args.out:
+        from longtail.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        console.print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from longtail.data.tables import MANIFEST
 
@@ -367,6 +409,33 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("scenario")
     sv.set_defaults(func=cmd_registry_serving)
 
+    hp = sub.add_parser("hpo", help="hyperparameter optimisation of the heavy model (local runner, Katib)")
+    hsub = hp.add_subparsers(dest="hpo_command", required=True)
+    hr = hsub.add_parser("run", help="run an HPO job locally: parallel trial processes, journal, resume")
+    hr.add_argument("--config", help="YAML HPOJobConfig")
+    hr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a key, e.g. --set trial.train.epochs=3 --set budget.trial_seconds=600")
+    hr.add_argument("--data", help="table-set folder")
+    hr.add_argument("--space", help="packaged space (heavy, fig3) or a YAML file")
+    hr.add_argument("--algorithm", help="racos (default), tpe, cmaes, random, grid")
+    hr.add_argument("--trials", type=int, help="maximum trials")
+    hr.add_argument("--parallel", type=int, help="trials at once")
+    hr.add_argument("--out", help="job folder (rerun the same command to resume)")
+    hr.set_defaults(func=cmd_hpo_run)
+    ht = hsub.add_parser("trial", add_help=False, help="one trial (the command a Katib trial container runs)")
+    ht.add_argument("rest", nargs=argparse.REMAINDER, help="see `longtail hpo trial --help`")
+    hk = hsub.add_parser("katib", help="write the Katib v1beta1 Experiment for a search space")
+    hk.add_argument("--space", default="heavy")
+    hk.add_argument("--algorithm", default="racos")
+    hk.add_argument("--trials", type=int, default=12)
+    hk.add_argument("--parallel", type=int, default=3)
+    hk.add_argument("--data", default="/data/flights", help="table-set path inside the trial container")
+    hk.add_argument("--image", help="trainer image (default: the project image tagged with the package version)")
+    hk.add_argument("--namespace", default="kubeflow")
+    hk.add_argument("--name", default="longtail-heavy-hpo")
+    hk.add_argument("--out", help="write the YAML here (default: stdout)")
+    hk.set_defaults(func=cmd_hpo_katib)
+
     d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
     train_args(d, "data/flights")
     d.set_defaults(func=cmd_demo, out="runs/demo")
@@ -374,10 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["hpo", "trial"]:  # its own parser: the same command line as in a Katib trial container
+        return _hpo_trial(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SpecError, ConfigError, TableSetError, CheckpointMismatch, RegistryError, FileNotFoundError) as e:
+    except (SpecError, ConfigError, TableSetError, CheckpointMismatch, RegistryError, SpaceError, UnknownAlgorithm,
+            JournalMismatch, KatibError, FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:

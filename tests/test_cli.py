@@ -80,3 +80,19 @@ def test_cli_meta_strategies_and_refresh(tmp_path, capsys):
     assert main(["meta", "run", "--strategy", "sinh", "--data", str(data), "--out", str(tmp_path / "sinh"),
                  *tiny]) == 0
     assert json.loads((tmp_path / "sinh" / "metrics.json").read_text())["strategy"] == "SinH"
+
+
+def test_cli_hpo_katib_and_trial(tmp_path, capsys):
+    out = tmp_path / "exp.yaml"
+    assert main(["hpo", "katib", "--trials", "4", "--out", str(out)]) == 0
+    exp = yaml.safe_load(out.read_text())
+    assert exp["kind"] == "Experiment" and exp["spec"]["maxTrialCount"] == 4
+    data = tmp_path / "syn"
+    assert main(["data", "build", "synthetic", "--out", str(data), "--scenarios", "2", "--max-rows", "200",
+                 "--min-rows", "100"]) == 0
+    capsys.readouterr()
+    rc = main(["hpo", "trial", "--data", str(data), "--set", "train.epochs=1", "--set", "model.num_layers=1",
+               "--set", "model.hidden_size=8"])
+    assert rc == 0
+    assert "valid-auc=" in capsys.readouterr().out
+    assert main(["hpo", "katib", "--space", str(tmp_path / "missing.yaml")]) == 2
