@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="LightGBM boosting rounds (default 1000, quick 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the committed CSV")
     args = p.parse_args(argv)
+    if args.replot:
+        tag = "baselines_quick" if args.quick else "baselines"
+        plot(pd.read_csv(RESULTS / f"{tag}.csv"), RESULTS / f"{tag}.png", "flights")
+        return 0
     args.epochs = args.epochs or (1 if args.quick else 5)
     args.rounds = args.rounds or (100 if args.quick else 1000)
     run(args)

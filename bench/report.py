@@ -23,7 +23,8 @@ def auc_bars(table: pd.DataFrame, columns: list[str], path: Path, title: str) ->
     for i, c in enumerate(columns):
         ax.bar(x + (i - (len(columns) - 1) / 2) * w, table[c], w, label=c)
     ax.set_xticks(x, [f"{s}\n{n}" for s, n in zip(table["scenario"], table["n_train"], strict=True)], fontsize=8)
-    ax.set_ylim(0.4, max(0.9, float(np.nanmax(table[columns].to_numpy())) + 0.02))
+    values = table[columns].to_numpy(dtype=float)
+    ax.set_ylim(min(0.4, float(np.nanmin(values)) - 0.02), max(0.9, float(np.nanmax(values)) + 0.02))
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.set_ylabel("test AUC")
     ax.set_title(title)
