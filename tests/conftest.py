@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from longtail.data.synthetic import SyntheticConfig, build_synthetic
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One torch thread per test: the test models are tiny, and on a busy 2-core machine two
+    contending threads are many times slower than one (training itself also defaults to one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -36,15 +36,6 @@ SMALL = HeavyConfig(encoder="lstm", num_layers=1, hidden_size=8)
 FT = TrainConfig(epochs=2, batch_size=64, device="cpu", patience=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two contending threads on a small CPU box are far slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(synthetic_tables):
     return prepare(DataConfig(tables=str(synthetic_tables.root)))

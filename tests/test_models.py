@@ -32,15 +32,6 @@ SMALL = dict(num_layers=2, hidden_size=12, intermediate_size=16, num_heads=3, dr
 
 
 # ---------------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny matmuls: one thread is much faster than several fighting over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_schema(max_length: int = 8) -> InputSchema:
     """Two profile numerics and categoricals; two sequences of different lengths and fields."""
     return InputSchema(

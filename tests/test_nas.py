@@ -54,13 +54,13 @@ SMALL = {"hidden_size": 6, "num_heads": 2, "profile_dims": (8,), "head_dims": (8
          "cat_embedding_dim": 3}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny matmuls on a busy 2-core machine: one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def random_supernet(schema: InputSchema, config: HeavyConfig):
+    """A 3-layer supernet model whose architecture logits are random (not the uniform start)."""
+    model = build_supernet_model(schema, config, SearchSpace(num_layers=3, hidden_size=6, num_heads=2))
+    with torch.no_grad():
+        for p in arch_parameters(model):
+            p.normal_(0, 1)
+    return model
 
 
 def left_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -274,10 +274,7 @@ def test_every_budget_is_respected_with_two_sequences():
     torch.manual_seed(0)
     schema = make_schema(two=True)
     config = HeavyConfig(**SMALL)
-    model = build_supernet_model(schema, config, SearchSpace(num_layers=3, hidden_size=6, num_heads=2))
-    with torch.no_grad():
-        for p in arch_parameters(model):
-            p.normal_(0, 1)
+    model = random_supernet(schema, config)
     fixed, top = model_fixed_flops(model), max_model_flops(model)
     previous = -math.inf
     for budget in torch.linspace(fixed, top, 40).long().tolist():
@@ -336,10 +333,7 @@ def test_inherited_light_model_equals_supernet_in_eval():
     torch.manual_seed(0)
     schema = make_schema(two=True)
     config = HeavyConfig(**SMALL)
-    model = build_supernet_model(schema, config, SearchSpace(num_layers=3, hidden_size=6, num_heads=2))
-    with torch.no_grad():
-        for p in arch_parameters(model):
-            p.normal_(0, 1)
+    model = random_supernet(schema, config)
     genotypes = {n: model.behavior_encoders[n].encoder.argmax_genotype() for n in ("events", "weather")}
     light = build_light_model(schema, config, genotypes)
     inherit_weights(light, model)
