@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> None:
         table[f"initial_{enc}"] = table["scenario"].isin(meh.info.get("initial", []))
         info[enc] = {k: v for k, v in meh.info.items() if k in ("initial", "arrival", "final_version")}
         print(f"{enc}: SinH {sinh.mean_auc:.4f}  MeH {meh.mean_auc:.4f}", flush=True)
-    write_results(table, timings, info, tag, args, time.perf_counter() - t0, data.spec.name)
+        # results so far after every encoder, so a long run leaves its finished part behind
+        done = argparse.Namespace(**{**vars(args), "encoders": args.encoders[: args.encoders.index(enc) + 1]})
+        write_results(table, timings, info, tag, done, time.perf_counter() - t0, data.spec.name)
 
 
 def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args: argparse.Namespace,
@@ -76,7 +78,8 @@ def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args
     RESULTS.mkdir(parents=True, exist_ok=True)
     with atomic_path(RESULTS / f"{tag}.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    lines = [f"# SinH vs MeH on {dataset} ({'quick' if args.quick else 'full'} run)", "",
+    lines = [f"# SinH vs MeH on {dataset} ({'quick' if args.quick else 'full'} run; encoders done: "
+             f"{', '.join(args.encoders)})", "",
              f"Command: `python bench/meta.py {' '.join(sys.argv[1:])}` — epochs {args.epochs}, split seed "
              f"{args.seed}; {platform.machine()} CPU; total {total:.0f}s.", "",
              "Per-scenario test AUC; scenarios by training size, largest first; * = one of MeH's initial "
