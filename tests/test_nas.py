@@ -406,3 +406,15 @@ def test_train_light_with_teacher_and_from_supernet():
                                  temperature=2.0, supernet=init)
         assert res.epochs_run == 2 and res.best_valid_auc is not None
         assert model.behavior_encoders["events"].encoder.genotype == genotypes["events"]
+
+
+@pytest.mark.unit
+def test_architecture_picture_is_a_png(tmp_path):
+    from longtail.nas.draw import draw_genotype
+
+    g = Genotype((LayerGene("conv_3", 0), LayerGene("lstm", 1, (0,)), LayerGene("self_attention", 0, (1, 2))),
+                 hidden_size=6, num_heads=2)
+    out = draw_genotype(g, tmp_path / "arch" / "events.png", title="events")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert [p.name for p in out.parent.iterdir()] == ["events.png"]  # no temporary file left behind
