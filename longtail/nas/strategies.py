@@ -1,0 +1,367 @@
+"""The paper's light strategies MeL and Ours (section V.A.2), one scenario at a time.
+
+Both start from the scenario-specific heavy model θu (MeH's fine-tuned model, the teacher) and
+its fitted transforms, and train on the scenario's TRAIN rows with the distillation loss of Eq. 5
+(early stopping on VALID, evaluation on TEST):
+
+* **MeL** (Meta-Light): the pre-defined light model — the teacher's architecture with a 3-layer
+  encoder (``HeavyConfig(num_layers=3)``) — trained with distillation from θu.
+* **Ours**: a budget-limited search (section III.D). The budget is the MeL model's FLOPs per
+  sample × ``budget_fraction_of_mel`` (the paper: 1.0); a GDAS supernet is searched on TRAIN
+  (weights) / VALID (architecture) with Eq. 5 + λ·expected FLOPs (Eq. 4); the most probable
+  architecture within the budget is derived and retrained from scratch with distillation.
+
+``run_light_for_scenarios`` runs both for every scenario of a finished MeH run folder.
+
+Example:
+    >>> from longtail.nas.strategies import LightConfig
+    >>> LightConfig().space.num_layers, LightConfig().budget_fraction_of_mel
+    (3, 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from longtail.data.splits import TEST, TRAIN, VALID
+from longtail.data.tensors import Batch, InputSchema
+from longtail.data.transforms import FittedTransforms
+from longtail.experiment import PreparedData, load_model_dir, safe_name, save_model_dir
+from longtail.io import atomic_write_json
+from longtail.metrics import auc, predict_proba
+from longtail.models.flops import count_flops
+from longtail.models.heavy import HeavyConfig, HeavyModel, build_model
+from longtail.models.latency import measure_latency
+from longtail.nas.derive import InfeasibleBudgetError, budget_from_reference, derive
+from longtail.nas.distill import distill_loss, teacher_logits, train_light
+from longtail.nas.draw import draw_genotype
+from longtail.nas.light import build_light_model
+from longtail.nas.space import Genotype, SearchSpace
+from longtail.nas.supernet import SearchConfig, build_supernet_model, search
+from longtail.train import TrainConfig, fit, resolve_device, torch_threads
+
+__all__ = ["LightConfig", "LightResult", "load_light_model_dir", "mel_config", "mel_budget", "run_light_for_scenarios",
+           "run_mel", "run_ours"]
+
+
+@dataclass(frozen=True)
+class LightConfig:
+    """Settings of the light strategies (MeL and Ours).
+
+    Args:
+        space: search space of every behavior encoder (paper: 3 layers, width 15, 3 heads).
+        search: GDAS search settings; its ``delta`` and ``temperature`` are replaced by this
+            config's, so that search and retraining use one Eq. 5.
+        budget_fraction_of_mel: FLOPs budget of Ours as a multiple of the MeL model's FLOPs
+            (the paper: 1.0, the pre-defined light model's FLOPs).
+        delta: weight δ of the distillation term (Eq. 5).
+        temperature: distillation temperature ``T``.
+        train: training of the MeL model and retraining of the derived architecture.
+        from_supernet: start the retraining from the supernet's weights instead of from scratch
+            (the paper retrains from scratch).
+        mel_encoder: encoder of the pre-defined light model (``lstm`` or ``bert``).
+        mel_layers: encoder layers of the pre-defined light model (paper: 3).
+        latency_repeats: timed batch-1 forward passes of the latency measure.
+    """
+
+    space: SearchSpace = field(default_factory=SearchSpace)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    budget_fraction_of_mel: float = 1.0
+    delta: float = 1.0
+    temperature: float = 1.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    from_supernet: bool = False
+    mel_encoder: str = "lstm"
+    mel_layers: int = 3
+    latency_repeats: int = 50
+
+
+@dataclass
+class LightResult:
+    """One light strategy's result on one scenario.
+
+    Attributes:
+        scenario: the scenario.
+        strategy: ``MeL`` or ``Ours``.
+        auc: test AUC (NaN when the test rows hold one class).
+        flops: FLOPs per sample of the light model (``count_flops(...)["total"]``).
+        budget: FLOPs budget (Ours; MeL reports its own FLOPs, the budget it defines).
+        latency_ms: median batch-1 CPU latency on one thread.
+        genotypes: sequence name -> genotype dict (Ours), ``None`` for MeL.
+        seconds: wall time of the strategy (search, training, evaluation).
+        info: extra facts (row counts, best validation AUC, FLOPs by part, search steps, ...).
+        model: the trained light model (not part of the printed form).
+    """
+
+    scenario: str
+    strategy: str
+    auc: float
+    flops: int
+    budget: int
+    latency_ms: float
+    genotypes: dict[str, Any] | None
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------------- shared pieces
+@dataclass
+class _Splits:
+    train: Batch
+    valid: Batch | None
+    test: Batch
+    test_labels: Any
+
+
+def _splits(transforms: FittedTransforms, data: PreparedData, scenario: str) -> _Splits:
+    frames = {s: data.rows(s, [scenario]) for s in (TRAIN, VALID, TEST)}
+    if not len(frames[TRAIN]) or not len(frames[TEST]):
+        raise ValueError(f"scenario {scenario!r}: needs train and test rows, has {len(frames[TRAIN])} train "
+                         f"and {len(frames[TEST])} test rows")
+    valid = transforms.transform(frames[VALID]) if len(frames[VALID]) else None
+    return _Splits(transforms.transform(frames[TRAIN]), valid, transforms.transform(frames[TEST]),
+                   frames[TEST][data.spec.label].to_numpy())
+
+
+def _evaluate(model: nn.Module, splits: _Splits, repeats: int) -> tuple[float, dict[str, int], float]:
+    """Test AUC (NaN if undefined), FLOPs by part and median batch-1 latency (ms) of ``model``."""
+    a = auc(splits.test_labels, predict_proba(model, splits.test))
+    flops = count_flops(model)
+    latency = measure_latency(model.cpu(), splits.test.index(slice(0, 1)), repeats=repeats)
+    return (math.nan if a is None else float(a)), flops, latency["p50_ms"]
+
+
+def mel_config(model_cfg: HeavyConfig, light_cfg: LightConfig) -> HeavyConfig:
+    """The pre-defined light architecture: the teacher's widths with a ``mel_layers`` encoder.
+
+    Args:
+        model_cfg: the teacher's (scenario-specific heavy model's) config.
+        light_cfg: light settings (``mel_encoder``, ``mel_layers``).
+
+    Returns:
+        The MeL model's ``HeavyConfig``.
+    """
+    changes: dict[str, Any] = {"num_layers": light_cfg.mel_layers, "encoder": light_cfg.mel_encoder}
+    if light_cfg.mel_encoder != model_cfg.encoder:
+        changes["encoder_kwargs"] = {}  # the teacher's extra arguments belong to its own encoder
+    return dataclasses.replace(model_cfg, **changes)
+
+
+def mel_budget(schema: InputSchema, model_cfg: HeavyConfig, light_cfg: LightConfig) -> tuple[int, int]:
+    """The FLOPs of the MeL model and the budget of Ours derived from it.
+
+    FLOPs are analytical, so an untrained MeL model of the same shape gives them.
+
+    Args:
+        schema: input shapes (the teacher's transforms' schema).
+        model_cfg: the teacher's config.
+        light_cfg: light settings (``budget_fraction_of_mel``).
+
+    Returns:
+        ``(mel_flops, budget)`` in FLOPs per sample.
+    """
+    reference = build_model(schema, mel_config(model_cfg, light_cfg))
+    return count_flops(reference)["total"], budget_from_reference(reference, light_cfg.budget_fraction_of_mel)
+
+
+def _distill_fn(teacher: nn.Module, delta: float, temperature: float):
+    def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
+        # teacher logits per batch: fit shuffles rows, this keeps them aligned
+        with torch.no_grad():
+            t = teacher.to(batch.label.device)(batch)  # (B,)
+        return distill_loss(student(batch), t, batch.label, delta, temperature)
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------- strategies
+def run_mel(teacher_model: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
+            model_cfg: HeavyConfig, light_cfg: LightConfig) -> LightResult:
+    """MeL: the pre-defined light model trained on one scenario with distillation from θu.
+
+    Args:
+        teacher_model: the scenario-specific heavy model θu (not modified; put in eval mode).
+        transforms: θu's fitted transforms (shared by every θu of a MeH run).
+        data: prepared rows with their split.
+        scenario: the scenario to train and evaluate on.
+        model_cfg: θu's config (the MeL model keeps its widths, with ``mel_layers`` layers).
+        light_cfg: light settings.
+
+    Returns:
+        The ``LightResult`` (``budget`` is the MeL model's own FLOPs).
+    """
+    t0 = time.perf_counter()
+    splits = _splits(transforms, data, scenario)
+    cfg = mel_config(model_cfg, light_cfg)
+    torch.manual_seed(light_cfg.train.seed)
+    model = build_model(transforms.schema, cfg)
+    teacher_model.eval()
+    result = fit(model, splits.train, splits.valid, light_cfg.train,
+                 loss_fn=_distill_fn(teacher_model, light_cfg.delta, light_cfg.temperature), description="MeL")
+    test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
+    return LightResult(scenario, "MeL", test_auc, flops["total"], flops["total"], latency, None,
+                       time.perf_counter() - t0,
+                       {"n_train": len(splits.train), "n_test": len(splits.test),
+                        "best_valid_auc": result.best_valid_auc, "epochs_run": result.epochs_run,
+                        "flops_by_part": flops, "config": cfg.to_dict()}, model)
+
+
+def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
+             model_cfg: HeavyConfig, light_cfg: LightConfig, out: str | Path | None = None) -> LightResult:
+    """Ours: budget-limited search, derivation within the MeL budget, retraining with distillation.
+
+    Args:
+        teacher_model: the scenario-specific heavy model θu (not modified; put in eval mode).
+        transforms: θu's fitted transforms.
+        data: prepared rows with their split.
+        scenario: the scenario to search, train and evaluate on.
+        model_cfg: θu's config (profile encoder, head and embeddings of the light model).
+        light_cfg: light settings (space, search, budget fraction, δ, T, training).
+        out: when set, ``genotypes.json``, one ``genotype_<sequence>.png`` per sequence and the
+            model folder ``model/`` (``load_light_model_dir``) are written there.
+
+    Returns:
+        The ``LightResult``; ``flops <= budget`` always holds.
+
+    Raises:
+        InfeasibleBudgetError: the smallest architecture of the space exceeds the budget (raised
+            before any search, naming the scenario, the budget and the MeL FLOPs).
+    """
+    t0 = time.perf_counter()
+    splits = _splits(transforms, data, scenario)
+    schema = transforms.schema
+    mel_flops, budget = mel_budget(schema, model_cfg, light_cfg)
+    search_cfg = dataclasses.replace(light_cfg.search, delta=light_cfg.delta, temperature=light_cfg.temperature)
+
+    torch.manual_seed(search_cfg.seed)
+    supernet = build_supernet_model(schema, model_cfg, light_cfg.space)
+    try:  # fail before spending the search: derivation is exact, so feasibility does not depend on it
+        derive(supernet, budget)
+    except InfeasibleBudgetError as e:
+        raise InfeasibleBudgetError(
+            f"scenario {scenario!r}: budget {budget:,} FLOPs = {light_cfg.budget_fraction_of_mel} x MeL FLOPs "
+            f"{mel_flops:,}; {e}. Raise light.budget_fraction_of_mel or shrink light.space") from e
+
+    # few-row scenarios may have no VALID rows; the architecture then steps on TRAIN (recorded)
+    arch_split = splits.valid if splits.valid is not None else splits.train
+    teacher_model.eval()
+    supernet.to(resolve_device(light_cfg.train.device))
+    with torch_threads(light_cfg.train.threads):
+        searched = search(supernet, splits.train, arch_split, search_cfg,
+                          teacher_train=teacher_logits(teacher_model, splits.train),
+                          teacher_valid=teacher_logits(teacher_model, arch_split), budget=budget)
+    derivation = derive(supernet, budget)
+    model, result = train_light(derivation.genotypes, schema, model_cfg, splits.train, splits.valid, teacher_model,
+                                light_cfg.train, delta=light_cfg.delta, temperature=light_cfg.temperature,
+                                supernet=supernet.cpu() if light_cfg.from_supernet else None, description="Ours")
+    test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
+    if flops["total"] > budget:  # derive's FLOPs must be count_flops'; a mismatch is a bug, not a data issue
+        raise AssertionError(f"derived model has {flops['total']:,} FLOPs > budget {budget:,} (derive said "
+                             f"{derivation.flops:,})")
+    genotypes = {name: g.to_dict() for name, g in derivation.genotypes.items()}
+    info = {"n_train": len(splits.train), "n_test": len(splits.test), "best_valid_auc": result.best_valid_auc,
+            "epochs_run": result.epochs_run, "flops_by_part": flops, "mel_flops": mel_flops,
+            "within_budget": True, "log_prob": derivation.log_prob, "search_steps": len(searched.history),
+            "arch_split": VALID if splits.valid is not None else TRAIN,
+            "argmax_genotypes": {k: g.to_dict() for k, g in searched.argmax_genotypes.items()}}
+    if out is not None:
+        _save_ours(Path(out), model, transforms, model_cfg, derivation.genotypes, scenario, flops["total"], budget,
+                   info)
+    return LightResult(scenario, "Ours", test_auc, flops["total"], budget, latency, genotypes,
+                       time.perf_counter() - t0, info, model)
+
+
+def _save_ours(out: Path, model: nn.Module, transforms: FittedTransforms, model_cfg: HeavyConfig,
+               genotypes: dict[str, Genotype], scenario: str, flops: int, budget: int, info: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    gdict = {name: g.to_dict() for name, g in genotypes.items()}
+    atomic_write_json(out / "genotypes.json", {"scenario": scenario, "flops": flops, "budget": budget,
+                                               "mel_flops": info["mel_flops"], "genotypes": gdict})
+    for name, g in genotypes.items():
+        draw_genotype(g, out / f"genotype_{safe_name(name)}.png",
+                      title=f"{scenario} / {name}: {flops:,} FLOPs (budget {budget:,})")
+    save_model_dir(out / "model", model, transforms, model_cfg,
+                   {"kind": "light", "genotypes": gdict, "scenario": scenario, "flops": flops, "budget": budget})
+
+
+def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms, dict[str, Any]]:
+    """Load a light model folder written by ``run_ours`` (``model.json`` of kind ``light``).
+
+    Args:
+        path: the ``model`` folder.
+
+    Returns:
+        ``(model in eval mode, transforms, model.json contents)``.
+    """
+    path = Path(path)
+    info = json.loads((path / "model.json").read_text())
+    if info.get("kind") != "light":
+        raise ValueError(f"{path}: kind {info.get('kind')!r}, not a light model; use longtail.experiment.load_model_dir")
+    transforms = FittedTransforms.from_dict(json.loads((path / "transforms.json").read_text()))
+    genotypes = {name: Genotype.from_dict(g) for name, g in info["genotypes"].items()}
+    model = build_light_model(transforms.schema, HeavyConfig.from_dict(info["config"]), genotypes)
+    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    return model, transforms, info
+
+
+# ---------------------------------------------------------------------- runner
+def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_cfg: LightConfig,
+                            scenarios: list[str] | None = None, out: str | Path | None = None,
+                            log=None) -> pd.DataFrame:
+    """MeL and Ours for every scenario whose θu a MeH run saved (``<meh_out_dir>/models/<scenario>``).
+
+    Args:
+        meh_out_dir: the output folder of ``run_meh``.
+        data: the prepared rows with the same split as the MeH run.
+        light_cfg: light settings.
+        scenarios: scenarios to run (default: every scenario of ``data`` with a saved θu).
+        out: when set, Ours' genotypes, pictures and model go to ``<out>/<scenario>/``.
+        log: called with one line per scenario.
+
+    Returns:
+        One row per scenario: ``scenario, auc_mel, auc_ours, flops_heavy, flops_light, flops_ours,
+        budget, latency_heavy_ms, latency_light_ms, latency_ours_ms, seconds_mel, seconds_ours``
+        (``flops_light`` is the MeL model's).
+
+    Raises:
+        FileNotFoundError: a requested scenario has no saved θu.
+    """
+    models = Path(meh_out_dir) / "models"
+    if scenarios is None:
+        scenarios = [s for s in data.scenarios if (models / safe_name(s) / "model.json").exists()]
+    rows = []
+    for scen in scenarios:
+        folder = models / safe_name(scen)
+        if not (folder / "model.json").exists():
+            raise FileNotFoundError(f"{folder}: no θu for scenario {scen!r}; was it onboarded by run_meh?")
+        teacher, transforms, info = load_model_dir(folder)
+        model_cfg = HeavyConfig.from_dict(info["config"])
+        mel = run_mel(teacher, transforms, data, scen, model_cfg, light_cfg)
+        ours = run_ours(teacher, transforms, data, scen, model_cfg, light_cfg,
+                        out=Path(out) / safe_name(scen) if out is not None else None)
+        one = transforms.transform(data.rows(TEST, [scen]).iloc[:1])
+        rows.append({"scenario": scen, "auc_mel": mel.auc, "auc_ours": ours.auc,
+                     "flops_heavy": count_flops(teacher)["total"], "flops_light": mel.flops,
+                     "flops_ours": ours.flops, "budget": ours.budget,
+                     "latency_heavy_ms": measure_latency(teacher.cpu(), one,
+                                                         repeats=light_cfg.latency_repeats)["p50_ms"],
+                     "latency_light_ms": mel.latency_ms, "latency_ours_ms": ours.latency_ms,
+                     "seconds_mel": mel.seconds, "seconds_ours": ours.seconds})
+        if log:
+            log(f"{scen}: MeL AUC {mel.auc:.4f} ({mel.flops:,} FLOPs), Ours AUC {ours.auc:.4f} "
+                f"({ours.flops:,} FLOPs, budget {ours.budget:,})")
+    return pd.DataFrame(rows, columns=["scenario", "auc_mel", "auc_ours", "flops_heavy", "flops_light", "flops_ours",
+                                       "budget", "latency_heavy_ms", "latency_light_ms", "latency_ours_ms",
+                                       "seconds_mel", "seconds_ours"])

@@ -1,0 +1,116 @@
+"""Light strategies MeL and Ours (paper V.A.2) on a tiny synthetic table set."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from longtail.config import config_from_dict, config_to_dict
+from longtail.experiment import DataConfig, prepare, safe_name, save_model_dir, train_heavy
+from longtail.metrics import predict_proba
+from longtail.models.flops import count_flops
+from longtail.models.heavy import HeavyConfig
+from longtail.nas import InfeasibleBudgetError, SearchConfig, SearchSpace
+from longtail.nas.strategies import (
+    LightConfig,
+    load_light_model_dir,
+    mel_budget,
+    run_light_for_scenarios,
+    run_mel,
+    run_ours,
+)
+from longtail.train import TrainConfig
+
+pytestmark = pytest.mark.model
+
+TEACHER = HeavyConfig(encoder="lstm", num_layers=4, hidden_size=6, num_heads=2, profile_dims=(8,), head_dims=(8,),
+                      dropout=0.0, cat_embedding_dim=3)
+TINY_TRAIN = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=0, max_steps=4)
+LIGHT = LightConfig(space=SearchSpace(num_layers=3, hidden_size=6, num_heads=2),
+                    search=SearchConfig(batch_size=128, max_steps=3, epochs=1), train=TINY_TRAIN,
+                    latency_repeats=3)
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_tables):
+    data = prepare(DataConfig(tables=str(synthetic_tables.root)))
+    scen = data.scenarios[0]
+    teacher = train_heavy(data, [scen], TEACHER, TINY_TRAIN)
+    return data, scen, teacher
+
+
+@pytest.fixture(scope="module")
+def results(setup, tmp_path_factory):
+    data, scen, teacher = setup
+    out = tmp_path_factory.mktemp("ours")
+    mel = run_mel(teacher.model, teacher.transforms, data, scen, TEACHER, LIGHT)
+    ours = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, LIGHT, out=out)
+    return mel, ours, out
+
+
+def test_light_config_round_trips_through_dicts():
+    cfg = LightConfig(budget_fraction_of_mel=0.5, search=SearchConfig(max_steps=7))
+    assert config_from_dict(LightConfig, config_to_dict(cfg)) == cfg
+
+
+def test_mel_is_the_teacher_with_three_layers(results):
+    mel, _, _ = results
+    assert mel.strategy == "MeL" and mel.genotypes is None
+    assert mel.budget == mel.flops > 0
+    assert mel.info["config"]["num_layers"] == 3 and mel.info["config"]["hidden_size"] == TEACHER.hidden_size
+
+
+def test_ours_stays_within_the_mel_budget(results):
+    mel, ours, _ = results
+    assert ours.strategy == "Ours"
+    assert ours.budget == mel.flops  # fraction 1.0: the paper's budget is the light model's FLOPs
+    assert 0 < ours.flops <= ours.budget
+    assert ours.info["within_budget"] and ours.info["search_steps"] == 3
+    assert ours.flops == count_flops(ours.model)["total"]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_aucs_and_costs_are_finite(results, which):
+    r = results[which]
+    assert math.isfinite(r.auc) and 0.0 <= r.auc <= 1.0
+    assert math.isfinite(r.latency_ms) and r.latency_ms > 0 and r.seconds > 0
+
+
+def test_ours_writes_genotypes_pictures_and_a_loadable_model(results, setup):
+    data, scen, teacher = setup
+    _, ours, out = results
+    saved = json.loads((out / "genotypes.json").read_text())
+    assert saved["scenario"] == scen and saved["flops"] == ours.flops and saved["budget"] == ours.budget
+    assert saved["genotypes"] == ours.genotypes
+    for name in ours.genotypes:
+        png = out / f"genotype_{safe_name(name)}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, transforms, info = load_light_model_dir(out / "model")
+    assert info["kind"] == "light" and count_flops(model)["total"] == ours.flops
+    batch = transforms.transform(data.rows("test", [scen]))
+    torch.testing.assert_close(predict_proba(model, batch), predict_proba(ours.model, batch))
+
+
+def test_too_small_budget_raises_before_searching(setup):
+    data, scen, teacher = setup
+    cfg = LightConfig(space=LIGHT.space, search=LIGHT.search, train=TINY_TRAIN, budget_fraction_of_mel=1e-4)
+    mel_flops, budget = mel_budget(teacher.transforms.schema, TEACHER, cfg)
+    with pytest.raises(InfeasibleBudgetError, match="budget_fraction_of_mel") as err:
+        run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)
+    msg = str(err.value)
+    assert scen in msg and f"{budget:,}" in msg and f"{mel_flops:,}" in msg and "smallest architecture" in msg
+
+
+def test_runner_reads_meh_models_and_tabulates(setup, tmp_path):
+    data, scen, teacher = setup
+    save_model_dir(tmp_path / "models" / safe_name(scen), teacher.model, teacher.transforms, TEACHER, {})
+    table = run_light_for_scenarios(tmp_path, data, LIGHT, out=tmp_path / "light")
+    assert list(table["scenario"]) == [scen]  # only scenarios with a saved θu
+    row = table.iloc[0]
+    assert row["flops_ours"] <= row["budget"] == row["flops_light"] < row["flops_heavy"]
+    assert (tmp_path / "light" / safe_name(scen) / "genotypes.json").exists()
+    with pytest.raises(FileNotFoundError, match="no θu"):
+        run_light_for_scenarios(tmp_path, data, LIGHT, scenarios=[data.scenarios[1]])
