@@ -141,7 +141,7 @@ class Trained:
 
 def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig, train_cfg: TrainConfig,
                 out: str | Path | None = None, *, show_progress: bool = False, description: str = "train",
-                log=None) -> Trained:
+                log=None, on_epoch=None) -> Trained:
     """Fit transforms on the training rows of ``scenarios`` and train a heavy model on them.
 
     Args:
@@ -149,6 +149,7 @@ def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig
         scenarios: the scenarios whose training rows are used.
         out: when set, the model folder (and its resumable checkpoint) is written there.
         log: when set, called with one line per epoch (loss, validation AUC, elapsed time).
+        on_epoch: when set, called with each epoch's record (see `longtail.train.fit`).
     """
     t0 = time.perf_counter()
     train_df = data.rows(TRAIN, scenarios)
@@ -159,7 +160,7 @@ def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig
     result = fit(model, transforms.transform(train_df), transforms.transform(valid_df) if len(valid_df) else None,
                  train_cfg, checkpoint_dir=Path(out) / "checkpoints" if out else None,
                  show_progress=show_progress, description=description,
-                 on_epoch=_epoch_logger(log, description, t0) if log else None)
+                 on_epoch=_epoch_callback(log, on_epoch, description, t0))
     seconds = time.perf_counter() - t0
     if out is not None:
         save_model_dir(out, model, transforms, model_cfg, {
@@ -170,11 +171,17 @@ def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig
     return Trained(model, transforms, result, seconds)
 
 
-def _epoch_logger(log, description: str, t0: float):
+def _epoch_callback(log, callback, description: str, t0: float):
+    if log is None and callback is None:
+        return None
+
     def on_epoch(rec: dict[str, Any]) -> None:
-        auc_txt = "n/a" if rec["valid_auc"] is None else f"{rec['valid_auc']:.4f}"
-        log(f"{description}: epoch {rec['epoch']} train loss {rec['train_loss']:.4f}, valid AUC {auc_txt} "
-            f"({time.perf_counter() - t0:.0f}s)")
+        if log is not None:
+            auc_txt = "n/a" if rec["valid_auc"] is None else f"{rec['valid_auc']:.4f}"
+            log(f"{description}: epoch {rec['epoch']} train loss {rec['train_loss']:.4f}, valid AUC {auc_txt} "
+                f"({time.perf_counter() - t0:.0f}s)")
+        if callback is not None:
+            callback(rec)
 
     return on_epoch
 

@@ -134,37 +134,25 @@ def run_trial(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg: TrialConfig, out: str | None) -> float | None:
-    # train_heavy's steps, with an on_epoch callback that prints the Katib metric lines
-    import time
-
-    import torch
-
+    # train_heavy with an on_epoch callback that prints the Katib metric lines
     from longtail.data.splits import TRAIN, VALID
-    from longtail.data.transforms import FittedTransforms
-    from longtail.experiment import prepare, save_model_dir
-    from longtail.models.heavy import build_model
-    from longtail.train import fit
+    from longtail.experiment import prepare, save_model_dir, train_heavy
 
-    t0 = time.perf_counter()
     data = prepare(cfg.data)
     scenarios = data.scenarios
-    train_df, valid_df = data.rows(TRAIN, scenarios), data.rows(VALID, scenarios)
-    print(f"trial: {len(train_df)} training and {len(valid_df)} validation rows, {len(scenarios)} scenarios",
-          file=sys.stderr, flush=True)
-    transforms = FittedTransforms.fit(data.spec, train_df)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(transforms.schema, cfg.model)
+    print(f"trial: {len(data.rows(TRAIN, scenarios))} training and {len(data.rows(VALID, scenarios))} validation "
+          f"rows, {len(scenarios)} scenarios", file=sys.stderr, flush=True)
 
     def on_epoch(rec: dict[str, Any]) -> None:
         if rec["valid_auc"] is not None:
             print(metric_line(rec["valid_auc"], rec["epoch"], rec["train_loss"]), flush=True)
 
-    result = fit(model, transforms.transform(train_df), transforms.transform(valid_df) if len(valid_df) else None,
-                 cfg.train, on_epoch=on_epoch)
+    trained = train_heavy(data, scenarios, cfg.model, cfg.train, on_epoch=on_epoch)
+    result = trained.result
     if out:
-        save_model_dir(out, model, transforms, cfg.model, {
+        save_model_dir(out, trained.model, trained.transforms, cfg.model, {
             "scenarios": scenarios, "best_valid_auc": result.best_valid_auc, "epochs_run": result.epochs_run,
-            "train_seconds": time.perf_counter() - t0, "trial_config": config_to_dict(cfg)})
+            "train_seconds": trained.seconds, "trial_config": config_to_dict(cfg)})
     return result.best_valid_auc
 
 
