@@ -335,6 +335,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+def config_args(p: argparse.ArgumentParser, example: str) -> None:
+    """``--config FILE`` and repeated ``--set KEY=VALUE`` (defaults < file < --set < explicit flags)."""
+    p.add_argument("--config", help="YAML config file (defaults < file < --set < flags)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a config key, {example}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longtail", description="ALT: accurate light models for long-tail scenarios")
     p.add_argument("--version", action="version", version=f"longtail {__version__}")
@@ -355,9 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_data_validate)
 
     def train_args(t: argparse.ArgumentParser, data_default: str | None) -> None:
-        t.add_argument("--config", help="YAML config file (defaults < file < --set/flags)")
-        t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.epochs=3 --set model.encoder=bert")
+        config_args(t, "e.g. --set train.epochs=3 --set model.encoder=bert")
         t.add_argument("--data", default=data_default, help="table-set folder")
         t.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
         t.add_argument("--encoder", help="shortcut for --set model.encoder=NAME (lstm, bert, ...)")
@@ -382,8 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = msub.add_parser("refresh", help="meta-train: refresh theta0 on the stored rows of all scenarios seen")
     r.add_argument("--store", help="theta0 store folder (e.g. runs/meh-lstm/theta0)")
     r.add_argument("--data", help="table-set folder the store was built from")
-    r.add_argument("--config", help="YAML config file")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    config_args(r, "e.g. --set train.epochs=1")
     r.set_defaults(func=cmd_meta_refresh)
 
     rg = sub.add_parser("registry", help="the model registry: list, show, promote, rollback, serving")
@@ -412,9 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp = sub.add_parser("hpo", help="hyperparameter optimisation of the heavy model (local runner, Katib)")
     hsub = hp.add_subparsers(dest="hpo_command", required=True)
     hr = hsub.add_parser("run", help="run an HPO job locally: parallel trial processes, journal, resume")
-    hr.add_argument("--config", help="YAML HPOJobConfig")
-    hr.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a key, e.g. --set trial.train.epochs=3 --set budget.trial_seconds=600")
+    config_args(hr, "e.g. --set trial.train.epochs=3 --set budget.trial_seconds=600")
     hr.add_argument("--data", help="table-set folder")
     hr.add_argument("--space", help="packaged space (heavy, fig3) or a YAML file")
     hr.add_argument("--algorithm", help="racos (default), tpe, cmaes, random, grid")
