@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> None:
     table = pd.DataFrame({"scenario": data.scenarios})
     timings: dict[str, dict] = {}
     info: dict[str, dict] = {}
+    kept: list[str] = []
+    if args.keep:
+        table, timings, info, kept = keep_previous(tag, table, args.encoders)
     for enc in args.encoders:
         cfg = ENCODERS[enc]
         out = Path(args.work) / enc
@@ -69,8 +72,31 @@ def run(args: argparse.Namespace) -> None:
         info[enc] = {k: v for k, v in meh.info.items() if k in ("initial", "arrival", "final_version")}
         print(f"{enc}: SinH {sinh.mean_auc:.4f}  MeH {meh.mean_auc:.4f}", flush=True)
         # results so far after every encoder, so a long run leaves its finished part behind
-        done = argparse.Namespace(**{**vars(args), "encoders": args.encoders[: args.encoders.index(enc) + 1]})
+        done = argparse.Namespace(**{**vars(args), "encoders": kept + args.encoders[: args.encoders.index(enc) + 1]})
         write_results(table, timings, info, tag, done, time.perf_counter() - t0, data.spec.name)
+
+
+def keep_previous(tag: str, table: pd.DataFrame, running: list[str]):
+    """Columns, timings and protocol of encoders in the previous result files that this run does not redo.
+
+    Lets one encoder be (re)run without losing the other's committed results: the Markdown then
+    names every encoder it holds, and the timings file keeps each encoder's own figures.
+    """
+    csv, tim = RESULTS / f"{tag}.csv", RESULTS / f"{tag}_timings.json"
+    if not csv.exists() or not tim.exists():
+        return table, {}, {}, []
+    prev = pd.read_csv(csv)
+    saved = json.loads(tim.read_text())
+    kept = [e for e in ENCODERS if e not in running and f"MeH_{e}" in prev]
+    for col in ("n_train", "n_test"):
+        if kept and col in prev:
+            table[col] = table["scenario"].map(prev.set_index("scenario")[col])
+    for e in kept:
+        for col in (f"SinH_{e}", f"MeH_{e}", f"initial_{e}"):
+            table[col] = table["scenario"].map(prev.set_index("scenario")[col])
+    timings = {k: v for k, v in saved.get("timings", {}).items() if k.endswith(tuple(f"_{e}" for e in kept))}
+    info = {k: v for k, v in saved.get("protocol", {}).items() if k in kept}
+    return table, timings, info, kept
 
 
 def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args: argparse.Namespace,
@@ -123,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="epochs (default 5, quick 1)")
     p.add_argument("--encoders", default=None, help="comma list (default lstm,bert; quick lstm)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", action="store_true",
+                   help="keep the other encoders' columns from the previous result files (run one encoder at a time)")
     args = p.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 5)
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")

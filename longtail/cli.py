@@ -13,6 +13,7 @@ Every run writes its effective config and metrics (JSON) beside its outputs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -341,6 +342,12 @@ def config_args(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a config key, {example}")
 
 
+# Command groups that live beside their code: each module has ``add_commands(subparsers)`` and may
+# list, in ``USER_ERRORS``, the exception types its handlers raise for bad input (printed as one
+# clear line and exit status 2, like the built-in commands' errors).
+PLUGIN_COMMANDS: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longtail", description="ALT: accurate light models for long-tail scenarios")
     p.add_argument("--version", action="version", version=f"longtail {__version__}")
@@ -440,7 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
     train_args(d, "data/flights")
     d.set_defaults(func=cmd_demo, out="runs/demo")
+    for module in PLUGIN_COMMANDS:
+        importlib.import_module(module).add_commands(sub)
     return p
+
+
+def _plugin_errors() -> tuple[type[BaseException], ...]:
+    return tuple(e for m in PLUGIN_COMMANDS for e in getattr(importlib.import_module(m), "USER_ERRORS", ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (SpecError, ConfigError, TableSetError, CheckpointMismatch, RegistryError, SpaceError, UnknownAlgorithm,
-            JournalMismatch, KatibError, FileNotFoundError) as e:
+            JournalMismatch, KatibError, FileNotFoundError, *_plugin_errors()) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
