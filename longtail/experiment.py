@@ -117,14 +117,40 @@ def save_model_dir(path: str | Path, model: torch.nn.Module, transforms: FittedT
     return path
 
 
+# How to rebuild the module of each model kind from its model.json; "module:function" so that a kind's
+# code is imported only when such a folder is loaded. Each builder takes (schema, model.json dict).
+MODEL_BUILDERS: dict[str, str] = {
+    "heavy": "longtail.experiment:_build_heavy",
+    "light": "longtail.nas.light:build_from_info",
+}
+
+
+def _build_heavy(schema, info: dict[str, Any]) -> torch.nn.Module:
+    return build_model(schema, HeavyConfig.from_dict(info["config"]))
+
+
 def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, FittedTransforms, dict[str, Any]]:
-    """Load a saved model folder (never unpickles objects: weights are loaded with weights_only)."""
+    """Load a saved model folder of any kind (heavy, light) in eval mode.
+
+    The module is rebuilt from ``model.json`` by the builder its ``kind`` names in
+    `MODEL_BUILDERS`; weights are loaded with ``weights_only=True`` (never unpickles objects).
+
+    Returns:
+        ``(model, transforms, model.json contents)``.
+    """
+    import importlib
+
     path = Path(path)
     if not (path / "model.json").exists():
         raise FileNotFoundError(f"{path}: no model.json; not a saved model folder")
     info = json.loads((path / "model.json").read_text())
+    kind = info.get("kind", "heavy")
+    if kind not in MODEL_BUILDERS:
+        raise ValueError(f"{path}/model.json: kind {kind!r} is not one of {sorted(MODEL_BUILDERS)}; "
+                         "was it written by a newer longtail?")
+    module, func = MODEL_BUILDERS[kind].split(":")
     transforms = FittedTransforms.from_dict(json.loads((path / "transforms.json").read_text()))
-    model = build_model(transforms.schema, HeavyConfig.from_dict(info["config"]))
+    model = getattr(importlib.import_module(module), func)(transforms.schema, info)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()
     return model, transforms, info

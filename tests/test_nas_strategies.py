@@ -94,6 +94,25 @@ def test_ours_writes_genotypes_pictures_and_a_loadable_model(results, setup):
     torch.testing.assert_close(predict_proba(model, batch), predict_proba(ours.model, batch))
 
 
+def test_light_folders_load_through_the_generic_loader_and_the_registry(results, setup, tmp_path):
+    from longtail.experiment import load_model_dir
+    from longtail.registry import open_registry
+
+    data, scen, teacher = setup
+    _, ours, out = results
+    model, transforms, info = load_model_dir(out / "model")
+    batch = transforms.transform(data.rows("test", [scen]))
+    expected = predict_proba(ours.model, batch)
+    torch.testing.assert_close(predict_proba(model, batch), expected)
+    reg = open_registry(str(tmp_path / "registry"))
+    v = reg.publish("syn.light", out / "model", kind="light", scenario=scen, metrics={"auc": ours.auc}, lineage={})
+    model2, _, info2 = reg.load("syn.light", v.version)
+    assert info2["kind"] == "light" and count_flops(model2)["total"] == ours.flops
+    torch.testing.assert_close(predict_proba(model2, batch), expected)
+    with pytest.raises(ValueError, match="not a light model"):
+        load_light_model_dir(save_model_dir(tmp_path / "heavy", teacher.model, teacher.transforms, TEACHER, {}))
+
+
 def test_too_small_budget_raises_before_searching(setup):
     data, scen, teacher = setup
     cfg = LightConfig(space=LIGHT.space, search=LIGHT.search, train=TINY_TRAIN, budget_fraction_of_mel=1e-4)

@@ -26,6 +26,7 @@ from longtail.nas.space import Genotype
 __all__ = [
     "AttentiveSum",
     "LightEncoder",
+    "build_from_info",
     "build_light_encoder",
     "build_light_model",
     "encoder_fixed_flops",
@@ -198,3 +199,12 @@ def inherit_weights(light: nn.Module, supernet: nn.Module) -> None:
             raise ValueError(f"supernet has no parameter {src!r} of shape {tuple(target[key].shape)}")
         target[key] = source[src].clone()
     light.load_state_dict(target)
+
+
+def build_from_info(schema: InputSchema, info: Mapping) -> HeavyModel:
+    """Rebuild a light model from its folder's ``model.json`` (``config`` and per-sequence ``genotypes``).
+
+    The builder ``longtail.experiment.load_model_dir`` uses for folders of kind ``light``.
+    """
+    genotypes = {name: Genotype.from_dict(g) for name, g in info["genotypes"].items()}
+    return build_light_model(schema, HeavyConfig.from_dict(info["config"]), genotypes)

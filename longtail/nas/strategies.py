@@ -45,7 +45,6 @@ from longtail.models.latency import measure_latency
 from longtail.nas.derive import InfeasibleBudgetError, budget_from_reference, derive
 from longtail.nas.distill import distill_loss, teacher_logits, train_light
 from longtail.nas.draw import draw_genotype
-from longtail.nas.light import build_light_model
 from longtail.nas.space import Genotype, SearchSpace
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
 from longtail.train import TrainConfig, fit, resolve_device, torch_threads
@@ -298,6 +297,9 @@ def _save_ours(out: Path, model: nn.Module, transforms: FittedTransforms, model_
 def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms, dict[str, Any]]:
     """Load a light model folder written by ``run_ours`` (``model.json`` of kind ``light``).
 
+    Same as :func:`longtail.experiment.load_model_dir`, which loads every kind, but refuses a
+    folder of another kind.
+
     Args:
         path: the ``model`` folder.
 
@@ -308,12 +310,7 @@ def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms
     info = json.loads((path / "model.json").read_text())
     if info.get("kind") != "light":
         raise ValueError(f"{path}: kind {info.get('kind')!r}, not a light model; use longtail.experiment.load_model_dir")
-    transforms = FittedTransforms.from_dict(json.loads((path / "transforms.json").read_text()))
-    genotypes = {name: Genotype.from_dict(g) for name, g in info["genotypes"].items()}
-    model = build_light_model(transforms.schema, HeavyConfig.from_dict(info["config"]), genotypes)
-    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
-    model.eval()
-    return model, transforms, info
+    return load_model_dir(path)
 
 
 # ---------------------------------------------------------------------- runner
