@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv demo test test-fast lint bench-baselines bench-meta clean
+.PHONY: venv demo test test-fast lint bench-baselines bench-meta bench-nas clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench-baselines: $(STAMP)
 ## SinH vs MeH per carrier on flights, LSTM and BERT heavy encoders (QUICK=1: 1 epoch, LSTM only)
 bench-meta: $(STAMP)
 	$(BIN)/python bench/meta.py $(if $(QUICK),--quick,)
+
+## MeH vs MeL vs Ours per carrier (θu teachers from bench-meta), FLOPs, latency, ablations (QUICK=1: 3 small carriers)
+bench-nas: $(STAMP)
+	$(BIN)/python bench/nas.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf runs .pytest_cache

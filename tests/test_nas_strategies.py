@@ -12,7 +12,7 @@ from longtail.config import config_from_dict, config_to_dict
 from longtail.experiment import DataConfig, prepare, safe_name, save_model_dir, train_heavy
 from longtail.metrics import predict_proba
 from longtail.models.flops import count_flops
-from longtail.models.heavy import HeavyConfig
+from longtail.models.heavy import HeavyConfig, build_model
 from longtail.nas import InfeasibleBudgetError, SearchConfig, SearchSpace
 from longtail.nas.strategies import (
     LightConfig,
@@ -133,3 +133,33 @@ def test_runner_reads_meh_models_and_tabulates(setup, tmp_path):
     assert (tmp_path / "light" / safe_name(scen) / "genotypes.json").exists()
     with pytest.raises(FileNotFoundError, match="no θu"):
         run_light_for_scenarios(tmp_path, data, LIGHT, scenarios=[data.scenarios[1]])
+
+
+def test_light_models_start_their_shared_parts_from_the_teacher(setup):
+    from longtail.nas.distill import inherit_shared_parts
+    from longtail.nas.strategies import mel_config
+
+    _, _, teacher = setup
+    torch.manual_seed(1)
+    student = build_model(teacher.transforms.schema, mel_config(TEACHER, LIGHT))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    copied = inherit_shared_parts(student, teacher.model)
+    t = teacher.model.state_dict()
+    assert any(k.startswith("profile_encoder.") for k in copied) and any(k.startswith("head.") for k in copied)
+    for k, v in student.state_dict().items():
+        if ".encoder." in k:  # the behavior encoders keep their own initialisation
+            assert k not in copied and torch.equal(v, before[k])
+        elif k in copied:
+            assert torch.equal(v, t[k])
+
+
+@pytest.mark.parametrize(("rows", "k"), [(491, 20), (5120, 2), (51200, 1), (0, 1)])
+def test_small_scenarios_get_at_least_min_steps(rows, k):
+    from longtail.nas.strategies import scaled_for_rows
+
+    cfg = LightConfig(train=TrainConfig(epochs=5, batch_size=512, patience=2), search=SearchConfig(epochs=5),
+                      min_steps=100)
+    train, srch = scaled_for_rows(cfg, rows)
+    assert (train.epochs, train.patience, srch.epochs) == (5 * k, 2 * k, 5 * k)
+    same = scaled_for_rows(LightConfig(min_steps=0), rows)
+    assert same[0].epochs == LightConfig().train.epochs

@@ -22,7 +22,7 @@ from longtail.models.heavy import HeavyConfig
 from longtail.nas.space import Genotype
 from longtail.train import TrainConfig, TrainResult, fit
 
-__all__ = ["distill_loss", "teacher_logits", "train_light"]
+__all__ = ["distill_loss", "inherit_shared_parts", "teacher_logits", "train_light"]
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -75,10 +75,32 @@ def teacher_logits(teacher: nn.Module, batch: Batch, batch_size: int = 4096) -> 
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def inherit_shared_parts(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """Start a light model's profile encoder, embeddings and head from the heavy teacher's (in place).
+
+    Light and heavy models share everything but their behavior encoders (same widths), so the
+    teacher's trained profile encoder, embeddings and prediction head can be copied over; the
+    behavior encoders (``behavior_encoders.<seq>.encoder``) keep their own initialisation. A
+    scenario with a few hundred rows then does not have to relearn the profile part from scratch.
+
+    Args:
+        student: the light (or supernet) model.
+        teacher: the scenario-specific heavy model.
+
+    Returns:
+        The names of the copied parameters and buffers.
+    """
+    source, target = teacher.state_dict(), student.state_dict()
+    copied = [k for k, v in target.items()
+              if ".encoder." not in k and k in source and source[k].shape == v.shape]
+    student.load_state_dict({**target, **{k: source[k].detach().clone() for k in copied}})
+    return copied
+
+
 def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: HeavyConfig, train: Batch,
                 valid: Batch | None, teacher: nn.Module | None, train_cfg: TrainConfig, *,
                 delta: float = 1.0, temperature: float = 1.0, supernet: nn.Module | None = None,
-                **fit_kwargs: Any) -> tuple[nn.Module, TrainResult]:
+                init_from: nn.Module | None = None, **fit_kwargs: Any) -> tuple[nn.Module, TrainResult]:
     """Retrain a derived architecture with the distillation loss (from scratch, or from a supernet).
 
     Args:
@@ -92,6 +114,8 @@ def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: 
         temperature: temperature ``T`` of the soft term.
         supernet: when given, the light model starts from the supernet's weights of the chosen
             operations (``inherit_weights``) instead of a random initialisation.
+        init_from: when given (the heavy teacher), the profile encoder, embeddings and head start
+            from its weights (``inherit_shared_parts``), after any supernet inheritance.
         **fit_kwargs: passed to ``longtail.train.fit`` (checkpoint_dir, on_epoch, ...).
 
     Returns:
@@ -103,6 +127,8 @@ def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: 
     model = build_light_model(schema, config, genotypes)
     if supernet is not None:
         inherit_weights(model, supernet)
+    if init_from is not None:
+        inherit_shared_parts(model, init_from)
     if teacher is None:
         return model, fit(model, train, valid, train_cfg, **fit_kwargs)
     teacher.eval()

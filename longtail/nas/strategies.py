@@ -43,7 +43,7 @@ from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, HeavyModel, build_model
 from longtail.models.latency import measure_latency
 from longtail.nas.derive import InfeasibleBudgetError, budget_from_reference, derive
-from longtail.nas.distill import distill_loss, teacher_logits, train_light
+from longtail.nas.distill import distill_loss, inherit_shared_parts, teacher_logits, train_light
 from longtail.nas.draw import draw_genotype
 from longtail.nas.space import Genotype, SearchSpace
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
@@ -71,6 +71,14 @@ class LightConfig:
         mel_encoder: encoder of the pre-defined light model (``lstm`` or ``bert``).
         mel_layers: encoder layers of the pre-defined light model (paper: 3).
         latency_repeats: timed batch-1 forward passes of the latency measure.
+        min_steps: at least this many optimiser steps in training and in search, for scenarios
+            so small that ``epochs`` passes make only a few (491 rows at batch 512 is one step an
+            epoch): epochs and early-stopping patience are multiplied by the same factor
+            (``scaled_for_rows``). 0 keeps the epochs as given (the paper).
+        init_from_teacher: start the profile encoder, embeddings and head of MeL, of the supernet
+            and of the retrained Ours model from θu's (``inherit_shared_parts``); only the
+            behavior encoders start from scratch. The paper trains light models from scratch
+            (``False``); starting the shared parts from θu helps scenarios with few rows.
     """
 
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -83,6 +91,8 @@ class LightConfig:
     mel_encoder: str = "lstm"
     mel_layers: int = 3
     latency_repeats: int = 50
+    init_from_teacher: bool = True
+    min_steps: int = 100
 
 
 @dataclass
@@ -115,6 +125,27 @@ class LightResult:
 
 
 # ---------------------------------------------------------------------- shared pieces
+def scaled_for_rows(light_cfg: LightConfig, n_rows: int) -> tuple[TrainConfig, SearchConfig]:
+    """Training and search settings for a scenario of ``n_rows`` training rows (``min_steps``).
+
+    Returns:
+        ``(train, search)`` configs whose epochs (and training patience) are multiplied by
+        ``ceil(min_steps / (epochs * steps per epoch))`` when that is above 1.
+    """
+    train, srch = light_cfg.train, light_cfg.search
+    if light_cfg.min_steps <= 0 or n_rows <= 0:
+        return train, srch
+
+    def factor(epochs: int, batch: int) -> int:
+        steps = max(1, epochs) * math.ceil(n_rows / batch)
+        return max(1, math.ceil(light_cfg.min_steps / steps))
+
+    k = factor(train.epochs, train.batch_size)
+    train = dataclasses.replace(train, epochs=train.epochs * k, patience=train.patience * k)
+    srch = dataclasses.replace(srch, epochs=srch.epochs * factor(srch.epochs, srch.batch_size))
+    return train, srch
+
+
 @dataclass
 class _Splits:
     train: Batch
@@ -203,10 +234,13 @@ def run_mel(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepar
     t0 = time.perf_counter()
     splits = _splits(transforms, data, scenario)
     cfg = mel_config(model_cfg, light_cfg)
-    torch.manual_seed(light_cfg.train.seed)
+    train_cfg, _ = scaled_for_rows(light_cfg, len(splits.train))
+    torch.manual_seed(train_cfg.seed)
     model = build_model(transforms.schema, cfg)
+    if light_cfg.init_from_teacher:
+        inherit_shared_parts(model, teacher_model)
     teacher_model.eval()
-    result = fit(model, splits.train, splits.valid, light_cfg.train,
+    result = fit(model, splits.train, splits.valid, train_cfg,
                  loss_fn=_distill_fn(teacher_model, light_cfg.delta, light_cfg.temperature), description="MeL")
     test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
     return LightResult(scenario, "MeL", test_auc, flops["total"], flops["total"], latency, None,
@@ -241,10 +275,13 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
     splits = _splits(transforms, data, scenario)
     schema = transforms.schema
     mel_flops, budget = mel_budget(schema, model_cfg, light_cfg)
-    search_cfg = dataclasses.replace(light_cfg.search, delta=light_cfg.delta, temperature=light_cfg.temperature)
+    train_cfg, search_cfg = scaled_for_rows(light_cfg, len(splits.train))
+    search_cfg = dataclasses.replace(search_cfg, delta=light_cfg.delta, temperature=light_cfg.temperature)
 
     torch.manual_seed(search_cfg.seed)
     supernet = build_supernet_model(schema, model_cfg, light_cfg.space)
+    if light_cfg.init_from_teacher:
+        inherit_shared_parts(supernet, teacher_model)
     try:  # fail before spending the search: derivation is exact, so feasibility does not depend on it
         derive(supernet, budget)
     except InfeasibleBudgetError as e:
@@ -262,8 +299,9 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
                           teacher_valid=teacher_logits(teacher_model, arch_split), budget=budget)
     derivation = derive(supernet, budget)
     model, result = train_light(derivation.genotypes, schema, model_cfg, splits.train, splits.valid, teacher_model,
-                                light_cfg.train, delta=light_cfg.delta, temperature=light_cfg.temperature,
-                                supernet=supernet.cpu() if light_cfg.from_supernet else None, description="Ours")
+                                train_cfg, delta=light_cfg.delta, temperature=light_cfg.temperature,
+                                supernet=supernet.cpu() if light_cfg.from_supernet else None,
+                                init_from=teacher_model if light_cfg.init_from_teacher else None, description="Ours")
     test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
     if flops["total"] > budget:  # derive's FLOPs must be count_flops'; a mismatch is a bug, not a data issue
         raise AssertionError(f"derived model has {flops['total']:,} FLOPs > budget {budget:,} (derive said "

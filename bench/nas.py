@@ -1,0 +1,234 @@
+"""MeH vs MeL vs Ours on the real flights data (paper Tables III–V), with ablations.
+
+For every carrier and each heavy encoder (LSTM, BERT), the scenario-specific heavy model θu of the
+MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``) is the teacher:
+
+* **MeL**: the pre-defined light model (3-layer encoder of the teacher's kind, widths as the
+  teacher's) trained with distillation from θu (Eq. 5);
+* **Ours**: GDAS search with the FLOPs term (Eq. 4, 7–8), the most probable architecture within
+  the budget = MeL's FLOPs (Eq. 9), retrained from scratch with distillation;
+* ablations (``--ablations``, LSTM by default): Ours without distillation (δ = 0 in search and
+  retraining) and Ours without the FLOPs term (λ = 0 in search; the derivation still keeps the
+  budget).
+
+SinH and MeH AUCs come from ``bench/results/meta.csv`` (same split seed). Writes
+``bench/results/nas.{csv,md}``, ``nas_auc.png`` (AUC per carrier) and ``nas_flops.png`` (AUC vs
+FLOPs per carrier); ``--quick`` writes ``nas_quick.*``. Finished carriers are kept in
+``<work>/<encoder>/rows.jsonl``, so an interrupted run resumes where it stopped.
+
+Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from report import auc_bars
+
+from longtail.data.splits import TEST, TRAIN
+from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
+from longtail.io import atomic_path, atomic_write_text
+from longtail.models.flops import count_flops
+from longtail.models.heavy import HeavyConfig
+from longtail.models.latency import measure_latency
+from longtail.nas import SearchConfig
+from longtail.nas.strategies import LightConfig, run_mel, run_ours
+from longtail.train import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def light_config(encoder: str, epochs: int, seed: int) -> LightConfig:
+    """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs."""
+    train = TrainConfig(epochs=epochs, seed=seed)
+    return LightConfig(search=SearchConfig(epochs=epochs, seed=seed), train=train, mel_encoder=encoder)
+
+
+def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig, phase: str, work: Path) -> dict:
+    """One carrier: MeL and Ours (phase ``main``) or the two ablations of Ours (phase ``ablation``)."""
+    teacher, transforms, info = load_model_dir(teacher_dir)
+    model_cfg = HeavyConfig.from_dict(info["config"])
+    row: dict = {"scenario": scen}
+    if phase == "ablation":
+        nod = run_ours(teacher, transforms, data, scen, model_cfg, dataclasses.replace(cfg, delta=0.0))
+        nof = run_ours(teacher, transforms, data, scen, model_cfg,
+                       dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, lambda_flops=0.0)))
+        return {**row, f"Ours_nodistill_{enc}": nod.auc, f"flops_ours_nodistill_{enc}": nod.flops,
+                f"Ours_noflops_{enc}": nof.auc, f"flops_ours_noflops_{enc}": nof.flops}
+    mel = run_mel(teacher, transforms, data, scen, model_cfg, cfg)
+    ours = run_ours(teacher, transforms, data, scen, model_cfg, cfg, out=work / "ours" / safe_name(scen))
+    one = transforms.transform(data.rows(TEST, [scen]).iloc[:1])
+    row.update({f"MeL_{enc}": mel.auc, f"Ours_{enc}": ours.auc,
+                f"flops_heavy_{enc}": count_flops(teacher)["total"], f"flops_light_{enc}": mel.flops,
+                f"flops_ours_{enc}": ours.flops,
+                f"latency_heavy_{enc}_ms": measure_latency(teacher.cpu(), one, repeats=cfg.latency_repeats)["p50_ms"],
+                f"latency_light_{enc}_ms": mel.latency_ms, f"latency_ours_{enc}_ms": ours.latency_ms,
+                f"seconds_mel_{enc}": mel.seconds, f"seconds_ours_{enc}": ours.seconds,
+                f"genotypes_ours_{enc}": json.dumps(ours.genotypes, sort_keys=True)})
+    return row
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    return {r["scenario"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+
+
+def run(args: argparse.Namespace) -> None:
+    tag = "nas_quick" if args.quick else "nas"
+    t0 = time.perf_counter()
+    data = prepare(DataConfig(tables=args.data, split_seed=args.seed))
+    sizes = {s: len(data.rows(TRAIN, [s])) for s in data.scenarios}
+    scenarios = args.scenarios or sorted(data.scenarios, key=lambda s: -sizes[s])
+    meta = RESULTS / "meta.csv"
+    ref = pd.read_csv(meta).set_index("scenario") if meta.exists() else pd.DataFrame()
+    # main results of every encoder first, then the ablations: a run cut short keeps the main table
+    phases = [(enc, "main") for enc in args.encoders] + [(enc, "ablation") for enc in args.ablations]
+    for enc, phase in phases:
+        work = Path(args.work) / enc
+        work.mkdir(parents=True, exist_ok=True)
+        done_file = work / ("rows.jsonl" if phase == "main" else "ablations.jsonl")
+        done = _rows(done_file)
+        cfg = light_config(enc, args.epochs, args.seed)
+        for scen in scenarios:
+            if scen in done:
+                continue
+            teacher_dir = Path(args.meta_work) / enc / "meh" / "models" / safe_name(scen)
+            if not (teacher_dir / "model.json").exists():
+                print(f"{enc} {scen}: no θu at {teacher_dir}; run `make bench-meta` first — skipped", flush=True)
+                continue
+            s0 = time.perf_counter()
+            row = run_scenario(scen, enc, data, teacher_dir, cfg, phase, work)
+            with open(done_file, "a") as f:  # one line per finished carrier: the resume point
+                f.write(json.dumps(row, default=float) + "\n")
+            done[scen] = row
+            print(f"{enc} {phase} {scen} ({sizes[scen]} rows): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("MeL", "Ours")))
+                  + f" in {time.perf_counter() - s0:.0f}s", flush=True)
+            write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
+    write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
+
+
+def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd.DataFrame) -> pd.DataFrame:
+    table = pd.DataFrame({"scenario": scenarios, "n_train": [sizes[s] for s in scenarios]})
+    for enc in ("lstm", "bert"):
+        for strat in ("SinH", "MeH"):
+            col = f"{strat}_{enc}"
+            table[col] = table["scenario"].map(ref[col]) if col in ref else np.nan
+        rows = _rows(Path(args.work) / enc / "rows.jsonl")
+        for scen, extra in _rows(Path(args.work) / enc / "ablations.jsonl").items():
+            rows.setdefault(scen, {"scenario": scen}).update(extra)
+        got = pd.DataFrame(list(rows.values())).set_index("scenario") if rows else pd.DataFrame()
+        for col in (f"MeL_{enc}", f"Ours_{enc}", f"flops_heavy_{enc}", f"flops_light_{enc}", f"flops_ours_{enc}",
+                    f"latency_heavy_{enc}_ms", f"latency_light_{enc}_ms", f"latency_ours_{enc}_ms",
+                    f"Ours_nodistill_{enc}", f"flops_ours_nodistill_{enc}", f"Ours_noflops_{enc}",
+                    f"flops_ours_noflops_{enc}"):
+            if col in got:
+                table[col] = table["scenario"].map(got[col])
+    return table
+
+
+def _f(v, fmt: str = ".4f") -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+
+def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: str) -> None:
+    table = collect(args, scenarios, sizes, ref)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with atomic_path(RESULTS / f"{tag}.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    encs = [e for e in ("lstm", "bert") if f"Ours_{e}" in table and table[f"Ours_{e}"].notna().any()]
+    lines = [f"# MeH vs MeL vs Ours on {dataset} ({'quick' if args.quick else 'full'} run)", "",
+             f"Command: `python bench/nas.py {' '.join(sys.argv[1:])}` — epochs {args.epochs} (search and training), "
+             f"split seed {args.seed}; budget of Ours = FLOPs of MeL (pre-defined 3-layer light model); "
+             f"{platform.machine()} CPU; this run {total:.0f}s. SinH/MeH from `bench/results/meta.csv`.", ""]
+    for enc in encs:
+        cols = [f"SinH_{enc}", f"MeH_{enc}", f"MeL_{enc}", f"Ours_{enc}"]
+        abl = [c for c in (f"Ours_nodistill_{enc}", f"Ours_noflops_{enc}", f"flops_ours_noflops_{enc}")
+               if c in table]
+        lines += [f"## heavy encoder: {enc}", "",
+                  "| scenario | n_train | " + " | ".join(cols + abl) + " | FLOPs heavy | FLOPs MeL | FLOPs Ours | "
+                  "p50 ms heavy | p50 ms MeL | p50 ms Ours |",
+                  "|---|---:|" + "---:|" * (len(cols) + len(abl) + 6)]
+        sub = table[table[f"Ours_{enc}"].notna()]
+        fmt = {c: ",.0f" if c.startswith("flops") else ".4f" for c in cols + abl}
+        for _, r in sub.iterrows():
+            lines.append(f"| {r['scenario']} | {r['n_train']} | " + " | ".join(_f(r[c], fmt[c]) for c in cols + abl)
+                         + f" | {int(r[f'flops_heavy_{enc}']):,} | {int(r[f'flops_light_{enc}']):,} | "
+                         f"{int(r[f'flops_ours_{enc}']):,} | {r[f'latency_heavy_{enc}_ms']:.2f} | "
+                         f"{r[f'latency_light_{enc}_ms']:.2f} | {r[f'latency_ours_{enc}_ms']:.2f} |")
+        lines.append(f"| **mean** ({len(sub)}) | | " + " | ".join(f"**{_f(sub[c].mean(), fmt[c])}**" for c in cols + abl)
+                     + f" | {sub[f'flops_heavy_{enc}'].mean():,.0f} | {sub[f'flops_light_{enc}'].mean():,.0f} | "
+                     f"{sub[f'flops_ours_{enc}'].mean():,.0f} | {sub[f'latency_heavy_{enc}_ms'].mean():.2f} | "
+                     f"{sub[f'latency_light_{enc}_ms'].mean():.2f} | {sub[f'latency_ours_{enc}_ms'].mean():.2f} |")
+        o, m, h = sub[f"Ours_{enc}"], sub[f"MeL_{enc}"], sub[f"MeH_{enc}"]
+        both = o.notna() & m.notna()
+        lines += ["", f"Ours beats MeL on {int((o[both] > m[both]).sum())}/{int(both.sum())} carriers; "
+                  f"mean Ours − MeL = {(o - m).mean():+.4f}, mean Ours − MeH = {(o - h).mean():+.4f}; "
+                  f"every Ours model within budget: {bool((sub[f'flops_ours_{enc}'] <= sub[f'flops_light_{enc}']).all())}.",
+                  ""]
+    atomic_write_text(RESULTS / f"{tag}.md", "\n".join(lines) + "\n")
+    if encs:
+        cols = [c for e in encs for c in (f"MeH_{e}", f"MeL_{e}", f"Ours_{e}")]
+        shown = table[table[[f"Ours_{e}" for e in encs]].notna().any(axis=1)]
+        auc_bars(shown, cols, RESULTS / f"{tag}_auc.png", f"{dataset}: MeH vs MeL vs Ours per carrier")
+        plot_flops(shown, encs, RESULTS / f"{tag}_flops.png", dataset)
+    print("\n".join(lines), flush=True)
+
+
+def plot_flops(table: pd.DataFrame, encs: list[str], path: Path, dataset: str) -> None:
+    """AUC against FLOPs per sample (log scale), one point per carrier and model, lines per carrier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(encs), figsize=(6 * len(encs), 4.5), squeeze=False)
+    for ax, enc in zip(axes[0], encs, strict=True):
+        for _, r in table.iterrows():
+            xs = [r[f"flops_heavy_{enc}"], r[f"flops_light_{enc}"], r[f"flops_ours_{enc}"]]
+            ys = [r[f"MeH_{enc}"], r[f"MeL_{enc}"], r[f"Ours_{enc}"]]
+            ax.plot(xs, ys, color="lightgrey", lw=0.7, zorder=1)
+        for name, fcol, marker in (("MeH", "heavy", "o"), ("MeL", "light", "s"), ("Ours", "ours", "^")):
+            ax.scatter(table[f"flops_{fcol}_{enc}"], table[f"{name}_{enc}"], marker=marker, label=name, zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs per sample")
+        ax.set_ylabel("test AUC")
+        ax.set_title(f"{dataset}, {enc} heavy: AUC vs FLOPs per carrier")
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/flights", help="flights table set (as used by bench/meta.py)")
+    p.add_argument("--meta-work", default="runs/bench-meta", help="bench/meta.py's work folder (the θu teachers)")
+    p.add_argument("--work", default="runs/bench-nas", help="folder for searched models and the resume rows")
+    p.add_argument("--quick", action="store_true", help="3 small carriers, LSTM, 1 epoch")
+    p.add_argument("--epochs", type=int, help="epochs of search and of training (default 5, quick 1)")
+    p.add_argument("--encoders", default=None, help="comma list (default lstm,bert; quick lstm)")
+    p.add_argument("--ablations", default="lstm", help="encoders that also run the two ablations ('' for none)")
+    p.add_argument("--scenarios", default=None, help="comma list of carriers (default: all, largest first)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else 5)
+    args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")
+    args.ablations = [a for a in args.ablations.split(",") if a]
+    args.scenarios = args.scenarios.split(",") if args.scenarios else (["F9", "YV", "HA"] if args.quick else None)
+    if args.quick:
+        args.work = str(Path(args.work).with_name(Path(args.work).name + "-quick"))
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
