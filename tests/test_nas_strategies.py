@@ -163,3 +163,27 @@ def test_small_scenarios_get_at_least_min_steps(rows, k):
     assert (train.epochs, train.patience, srch.epochs) == (5 * k, 2 * k, 5 * k)
     same = scaled_for_rows(LightConfig(min_steps=0), rows)
     assert same[0].epochs == LightConfig().train.epochs
+
+
+def test_cli_nas_light_runs_a_meh_folder_and_publishes_ours(setup, synthetic_tables, tmp_path):
+    from longtail.cli import main
+    from longtail.config import save_config
+    from longtail.nas.strategies import LightJobConfig
+    from longtail.registry import open_registry
+
+    data, scen, teacher = setup
+    save_model_dir(tmp_path / "meh" / "models" / safe_name(scen), teacher.model, teacher.transforms, TEACHER, {})
+    save_config(LightJobConfig(light=LIGHT), tmp_path / "light.yaml")
+    rc = main(["nas", "light", "--meh-out", str(tmp_path / "meh"), "--data", str(synthetic_tables.root),
+               "--out", str(tmp_path / "job"), "--registry", str(tmp_path / "reg"),
+               "--config", str(tmp_path / "light.yaml"), "--set", "light.latency_repeats=2"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert [r["scenario"] for r in metrics["per_scenario"]] == [scen]
+    (pub,) = metrics["published"]
+    reg = open_registry(str(tmp_path / "reg"))
+    version = reg.get(pub["name"], pub["version"])
+    assert version.kind == "light" and version.scenario == scen
+    assert version.metrics["flops"] <= version.metrics["budget"]
+    model, _, info = reg.load(pub["name"], pub["version"])
+    assert info["kind"] == "light" and count_flops(model)["total"] == version.metrics["flops"]

@@ -32,7 +32,7 @@ __all__ = [
     "register_encoder",
 ]
 
-_BUILTIN_MODULES = ("longtail.models.encoders",)
+_BUILTIN_MODULES = ("longtail.models.encoders", "longtail.nas.light")
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
 E = TypeVar("E", bound=type[nn.Module])

@@ -20,18 +20,21 @@ from torch import nn
 from longtail.data.tensors import InputSchema
 from longtail.models.encoders import BehaviorEncoder, masked_mean
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
+from longtail.models.registry import register_encoder
 from longtail.nas.ops import create_op, op_flops
-from longtail.nas.space import Genotype
+from longtail.nas.space import Genotype, LayerGene
 
 __all__ = [
     "AttentiveSum",
     "LightEncoder",
+    "SearchedEncoder",
     "build_from_info",
     "build_light_encoder",
     "build_light_model",
     "encoder_fixed_flops",
     "genotype_flops",
     "inherit_weights",
+    "searched_config",
 ]
 
 
@@ -132,6 +135,49 @@ class LightEncoder(BehaviorEncoder):
     def flops(self, seq_len: int) -> int:
         """See the module docstring: projection + operations + attentive-sum scores."""
         return genotype_flops(self.genotype, self.input_size, seq_len)
+
+
+@register_encoder("searched")
+class SearchedEncoder(LightEncoder):
+    """A searched architecture as a registered encoder, so that a ``HeavyConfig`` can name it.
+
+    The NAS-found agnostic heavy model is ``HeavyConfig(encoder="searched")`` with each
+    sequence's genotype in ``sequence_overrides[<sequence>]["encoder_kwargs"]["genotype"]``
+    (``searched_config``); it is then trained, fine-tuned, stored and served like the pre-defined
+    heavy model. Without a genotype, ``num_layers`` ``conv_3`` layers in a chain are built.
+
+    Args:
+        input_size: step width ``D_in``.
+        genotype: the architecture (``Genotype``, its dict or JSON).
+        hidden_size / num_layers / num_heads: shape of the default chain (ignored with a genotype).
+    """
+
+    def __init__(self, input_size: int, genotype: Genotype | Mapping | str | None = None, hidden_size: int = 15,
+                 num_layers: int = 3, num_heads: int = 3):
+        if genotype is None:
+            genotype = Genotype(tuple(LayerGene("conv_3", i) for i in range(num_layers)), hidden_size, num_heads)
+        elif isinstance(genotype, str):
+            genotype = Genotype.from_json(genotype)
+        elif not isinstance(genotype, Genotype):
+            genotype = Genotype.from_dict(genotype)
+        super().__init__(genotype, input_size)
+
+
+def searched_config(base: HeavyConfig, genotypes: Mapping[str, Genotype]) -> HeavyConfig:
+    """The ``HeavyConfig`` of a model whose behavior encoders are the given searched genotypes.
+
+    Args:
+        base: profile encoder, head and embedding settings.
+        genotypes: sequence name -> genotype.
+
+    Returns:
+        ``base`` with ``encoder="searched"`` and one genotype per sequence in ``sequence_overrides``.
+    """
+    import dataclasses
+
+    return dataclasses.replace(
+        base, encoder="searched", encoder_kwargs={},
+        sequence_overrides={name: {"encoder_kwargs": {"genotype": g.to_dict()}} for name, g in genotypes.items()})
 
 
 def build_light_encoder(genotype: Genotype | Mapping | str, input_size: int) -> LightEncoder:

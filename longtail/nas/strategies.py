@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ from torch import nn
 from longtail.data.splits import TEST, TRAIN, VALID
 from longtail.data.tensors import Batch, InputSchema
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import PreparedData, load_model_dir, safe_name, save_model_dir
+from longtail.experiment import DataConfig, PreparedData, load_model_dir, safe_name, save_model_dir
 from longtail.io import atomic_write_json
 from longtail.metrics import auc, predict_proba
 from longtail.models.flops import count_flops
@@ -49,8 +50,8 @@ from longtail.nas.space import Genotype, SearchSpace
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
 from longtail.train import TrainConfig, fit, resolve_device, torch_threads
 
-__all__ = ["LightConfig", "LightResult", "load_light_model_dir", "mel_config", "mel_budget", "run_light_for_scenarios",
-           "run_mel", "run_ours"]
+__all__ = ["LightConfig", "LightJobConfig", "LightResult", "load_light_model_dir", "mel_budget", "mel_config",
+           "run_light_for_scenarios", "run_light_job", "run_mel", "run_ours", "scaled_for_rows"]
 
 
 @dataclass(frozen=True)
@@ -400,3 +401,66 @@ def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_c
     return pd.DataFrame(rows, columns=["scenario", "auc_mel", "auc_ours", "flops_heavy", "flops_light", "flops_ours",
                                        "budget", "latency_heavy_ms", "latency_light_ms", "latency_ours_ms",
                                        "seconds_mel", "seconds_ours"])
+
+
+# ---------------------------------------------------------------------- job
+@dataclass(frozen=True)
+class LightJobConfig:
+    """The effective config of ``longtail nas light`` (saved as ``config.yaml`` in ``out``).
+
+    Args:
+        data: the table set and split (the same as the MeH run's, so θu saw no test row).
+        meh_out: the MeH run folder whose ``models/<scenario>`` are the teachers.
+        light: the light settings (space, search, budget, δ, T, training).
+        scenarios: scenarios to run (empty: every scenario with a saved θu).
+        out: job folder: ``per_scenario.csv``, ``<scenario>/`` (genotypes, pictures, model) and,
+            last, ``metrics.json``.
+        registry: when set, every Ours model is published there (kind ``light``) with its teacher
+            in the lineage.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    meh_out: str = "runs/meh-lstm"
+    light: LightConfig = field(default_factory=LightConfig)
+    scenarios: tuple[str, ...] = ()
+    out: str = "runs/light"
+    registry: str = ""
+
+
+def run_light_job(cfg: LightJobConfig, log=None) -> pd.DataFrame:
+    """Run MeL and Ours for a MeH run's scenarios, write the table and publish the Ours models.
+
+    Returns:
+        The per-scenario table of `run_light_for_scenarios`.
+    """
+    from longtail.config import save_config
+    from longtail.experiment import prepare
+    from longtail.io import atomic_path
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    data = prepare(cfg.data)
+    table = run_light_for_scenarios(cfg.meh_out, data, cfg.light, list(cfg.scenarios) or None, out=out, log=log)
+    with atomic_path(out / "per_scenario.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    published = []
+    if cfg.registry:
+        from longtail.registry import lineage, open_registry
+
+        reg = open_registry(cfg.registry)
+        for _, r in table.iterrows():
+            scen = r["scenario"]
+            v = reg.publish(f"{data.spec.name}.{safe_name(scen)}.light", out / safe_name(scen) / "model",
+                            kind="light", scenario=scen,
+                            metrics={"test_auc": None if math.isnan(r["auc_ours"]) else float(r["auc_ours"]),
+                                     "flops": int(r["flops_ours"]), "budget": int(r["budget"]),
+                                     "mel_test_auc": None if math.isnan(r["auc_mel"]) else float(r["auc_mel"]),
+                                     "latency_ms_p50": float(r["latency_ours_ms"])},
+                            lineage=lineage(data_split={"tables": cfg.data.tables, "seed": cfg.data.split_seed},
+                                            teacher=str(Path(cfg.meh_out) / "models" / safe_name(scen))))
+            published.append({"scenario": scen, "name": v.name, "version": v.version})
+    atomic_write_json(out / "metrics.json", {
+        "mean_auc_mel": float(table["auc_mel"].mean()), "mean_auc_ours": float(table["auc_ours"].mean()),
+        "per_scenario": table.replace({np.nan: None}).to_dict(orient="records"), "published": published})
+    return table
