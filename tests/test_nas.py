@@ -211,6 +211,26 @@ def test_search_moves_alpha_and_flops_term_lowers_expected_flops():
     assert set(res.argmax_genotypes) == {"events"}
 
 
+@pytest.mark.model
+def test_hinge_penalty_costs_only_expected_flops_above_the_budget():
+    schema = make_schema()
+    space = SearchSpace(num_layers=2, hidden_size=6, num_heads=2, ops=("conv_1", "conv_9", "max_pool_3"))
+    train, valid = make_batch(schema, 256, 0), make_batch(schema, 128, 1)
+    terms = {}
+    for budget_scale in (10.0, 0.5):
+        torch.manual_seed(0)
+        model = build_supernet_model(schema, HeavyConfig(**SMALL), space)
+        budget = int(expected_model_flops(model).item() * budget_scale)
+        res = search(model, train, valid, SearchConfig(epochs=1, batch_size=64, max_steps=3, lambda_flops=50.0,
+                                                       flops_penalty="hinge"), budget=budget)
+        terms[budget_scale] = [r["flops_term"] for r in res.history]
+    assert all(t == 0.0 for t in terms[10.0])  # well within the budget: no pressure at all
+    assert all(t > 0.0 for t in terms[0.5])  # above it: the excess is penalised
+    with pytest.raises(ValueError, match="flops_penalty"):
+        search(build_supernet_model(schema, HeavyConfig(**SMALL), space), train, valid,
+               SearchConfig(max_steps=1, flops_penalty="quadratic"))
+
+
 # ---------------------------------------------------------------------------- derivation
 def random_decisions(rng: random.Random, n: int) -> list[Decision]:
     out = []

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -247,6 +247,10 @@ class SearchConfig:
         arch_weight_decay: weight decay of ``alpha``.
         tau_max / tau_min: temperature at the first and last step (linear decay).
         lambda_flops: weight λ of the normalised expected FLOPs (Eq. 4).
+        flops_penalty: ``linear`` (Eq. 4: λ · E[FLOPs] / budget, every FLOP costs) or ``hinge``
+            (λ · max(0, E[FLOPs] / budget − 1): only expected FLOPs above the budget cost, so the
+            search does not drift to the cheapest operations when the budget allows better ones;
+            the derivation enforces the budget either way).
         delta: weight δ of the distillation term (Eq. 5).
         temperature: distillation temperature.
         max_steps: stop after this many steps (0 = no limit).
@@ -263,6 +267,7 @@ class SearchConfig:
     tau_max: float = 10.0
     tau_min: float = 0.1
     lambda_flops: float = 0.1
+    flops_penalty: Literal["linear", "hinge"] = "linear"
     delta: float = 1.0
     temperature: float = 1.0
     max_steps: int = 0
@@ -339,6 +344,10 @@ def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
 
         a_task = loss_on(valid, teacher_valid, next(valid_idx))
         flops_term = expected_model_flops(model) / norm
+        if cfg.flops_penalty == "hinge":
+            flops_term = torch.relu(flops_term - 1.0)
+        elif cfg.flops_penalty != "linear":
+            raise ValueError(f"search.flops_penalty must be 'linear' or 'hinge', got {cfg.flops_penalty!r}")
         a_loss = a_task + cfg.lambda_flops * flops_term
         w_opt.zero_grad(set_to_none=True)
         a_opt.zero_grad(set_to_none=True)
