@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv demo test test-fast lint bench-baselines bench-meta bench-nas clean
+.PHONY: pipelines-demo pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## the main job, end to end on the real flights data
+## the main job, end to end on the real flights data: bootstrap (8 initial carriers) then onboard (8 later), kfp.local
 demo: $(STAMP)
-	$(BIN)/longtail demo
+	$(BIN)/longtail pipelines demo
 
 ## every test tier (unit, data, model, slow)
 test: $(STAMP)
@@ -39,6 +39,22 @@ bench-meta: $(STAMP)
 ## MeH vs MeL vs Ours per carrier (θu teachers from bench-meta), FLOPs, latency, ablations (QUICK=1: 3 small carriers)
 bench-nas: $(STAMP)
 	$(BIN)/python bench/nas.py $(if $(QUICK),--quick,)
+
+## RACOS vs TPE vs random (3 seeds) and the Table VI analog: θ0 AUC vs initial carriers (QUICK=1: smaller)
+bench-hpo: $(STAMP)
+	$(BIN)/python bench/hpo.py $(if $(QUICK),--quick,)
+
+## the serving service on loopback: p50/p99 and errors, light vs heavy, single vs batched; then a schemathesis fuzz run
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
+
+## the KFP pipelines: bootstrap on 8 initial carriers then onboard the other 8, with kfp.local
+pipelines-demo: $(STAMP)
+	$(BIN)/longtail pipelines demo
+
+## compile bootstrap, onboard and retrain to KFP IR YAML (build/pipelines/)
+pipelines-compile: $(STAMP)
+	$(BIN)/longtail pipelines compile --out build/pipelines
 
 clean:
 	rm -rf runs .pytest_cache

@@ -5,8 +5,9 @@ MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``
 
 * **MeL**: the pre-defined light model (3-layer encoder of the teacher's kind, widths as the
   teacher's) trained with distillation from θu (Eq. 5);
-* **Ours**: GDAS search with the FLOPs term (Eq. 4, 7–8), the most probable architecture within
-  the budget = MeL's FLOPs (Eq. 9), retrained from scratch with distillation;
+* **Ours**: GDAS search with the FLOPs term (Eq. 4, 7–8; hinge form, see ``LightConfig``), the
+  most probable architecture within the budget = MeL's FLOPs (Eq. 9), retrained with distillation
+  (profile encoder and head starting from θu's, ``LightConfig.init_from_teacher``);
 * ablations (``--ablations``, LSTM by default): Ours without distillation (δ = 0 in search and
   retraining) and Ours without the FLOPs term (λ = 0 in search; the derivation still keeps the
   budget).
@@ -49,7 +50,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def light_config(encoder: str, epochs: int, seed: int) -> LightConfig:
     """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs."""
     train = TrainConfig(epochs=epochs, seed=seed)
-    return LightConfig(search=SearchConfig(epochs=epochs, seed=seed), train=train, mel_encoder=encoder)
+    search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
+    return LightConfig(search=search, train=train, mel_encoder=encoder)
 
 
 def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig, phase: str, work: Path) -> dict:

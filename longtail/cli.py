@@ -345,7 +345,7 @@ def config_args(p: argparse.ArgumentParser, example: str) -> None:
 # Command groups that live beside their code: each module has ``add_commands(subparsers)`` and may
 # list, in ``USER_ERRORS``, the exception types its handlers raise for bad input (printed as one
 # clear line and exit status 2, like the built-in commands' errors).
-PLUGIN_COMMANDS: list[str] = []
+PLUGIN_COMMANDS: list[str] = ["longtail.nas.command", "longtail.serving.command", "longtail.pipelines.command"]
 
 
 def build_parser() -> argparse.ArgumentParser:

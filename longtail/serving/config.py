@@ -1,0 +1,88 @@
+"""The serving configuration: one frozen dataclass, defaults -> YAML file -> overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from longtail.config import ConfigError, load_config, parse_overrides
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Args:
+    registry: the model registry (folder, ``file://`` or ``s3://bucket/prefix``).
+    unknown_scenario: ``fallback`` serves a scenario without its own model with the agnostic model
+        (cold start) and says so in the response; ``refuse`` answers 404.
+    fallback_pointer: the registry serving pointer whose model is the cold-start fallback
+        (promote the agnostic model there: ``longtail registry promote _default agnostic 3``).
+    scenarios: serve only these scenarios (empty: every scenario that has a serving pointer).
+    poll_seconds: how often the registry's serving pointers are re-read (hot reload); 0 disables it.
+    max_batch_size: adaptive batching: the most rows one forward pass takes.
+    max_latency_ms: adaptive batching: the longest a request waits for others to join its batch.
+    max_batch_request: the most items one client batch request may hold.
+    feature_source: ``raw`` (requests carry features; entity requests are refused) or ``feast``.
+    feast_repo: Feast repo folder (``feature_store.yaml``) for the ``feast`` source.
+    feast_feature_service: the versioned Feast feature service (``<dataset>_v<N>``, as ``feature_repo/``
+        defines it) to read; ``{dataset}`` is replaced with the
+        model spec's dataset name.
+    grpc_port: when > 0, the BentoML service also serves gRPC on this port (same predictor).
+    grpc_host: the address the gRPC server binds.
+    torch_threads: torch intra-op threads of the serving process (0: torch's default). The light models
+        are tiny: one thread per process avoids contention on busy cores; scale out with replicas.
+    """
+
+    registry: str = "runs/registry"
+    unknown_scenario: Literal["fallback", "refuse"] = "fallback"
+    fallback_pointer: str = "_default"
+    scenarios: tuple[str, ...] = ()
+    poll_seconds: float = 10.0
+    max_batch_size: int = 64
+    max_latency_ms: float = 5.0
+    max_batch_request: int = 1024
+    feature_source: Literal["raw", "feast"] = "raw"
+    feast_repo: str = "feature_repo"
+    feast_feature_service: str = "{dataset}_v1"
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.unknown_scenario not in ("fallback", "refuse"):
+            raise ConfigError(f"unknown_scenario: {self.unknown_scenario!r}; use 'fallback' or 'refuse'")
+        if self.feature_source not in ("raw", "feast"):
+            raise ConfigError(f"feature_source: {self.feature_source!r}; use 'raw' or 'feast'")
+        if self.max_batch_size < 1 or self.max_batch_request < 1:
+            raise ConfigError("max_batch_size and max_batch_request must be >= 1")
+        if self.max_latency_ms < 0 or self.poll_seconds < 0:
+            raise ConfigError("max_latency_ms and poll_seconds must be >= 0")
+
+
+ENV_CONFIG = "LONGTAIL_SERVING_CONFIG"  # a YAML file
+ENV_SET = "LONGTAIL_SERVING_SET"  # overrides, "key=value" separated by ';'
+
+
+def load_serving_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ServingConfig:
+    """The effective serving config.
+
+    Args:
+        path: a YAML file (default: ``$LONGTAIL_SERVING_CONFIG`` if set).
+        overrides: ``key=value`` strings applied last (default: ``$LONGTAIL_SERVING_SET`` split on ``;``;
+            ``$LONGTAIL_REGISTRY`` sets ``registry`` below them).
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: naming the bad key.
+    """
+    path = path or os.environ.get(ENV_CONFIG) or None
+    pairs: list[str] = []
+    if os.environ.get("LONGTAIL_REGISTRY"):
+        pairs.append(f"registry={os.environ['LONGTAIL_REGISTRY']}")
+    if overrides is None:
+        overrides = [p for p in os.environ.get(ENV_SET, "").split(";") if p.strip()]
+    pairs += overrides
+    return load_config(ServingConfig, path, parse_overrides(pairs))

@@ -1,0 +1,120 @@
+"""Start the serving service as a child process on loopback (tests, the benchmark, ``longtail serve``).
+
+The service is the BentoML app in ``serving/``; this module only runs ``bentoml serve`` with a
+serving config in the environment and waits for ``/readyz``. It never imports bentoml.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from longtail.serving.config import ENV_SET
+
+DEFAULT_SERVICE_DIR = Path(__file__).resolve().parents[2] / "serving"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """A running service; use as a context manager (always stopped on exit).
+
+    Args:
+        overrides: serving config ``key=value`` overrides (e.g. ``registry=/tmp/r``).
+        service_dir: the folder with ``service.py`` (default: the repository's ``serving/``).
+        host: bind address (loopback by default).
+        port: HTTP port (default: a free one).
+        grpc_port: gRPC port (default: a free one; 0 disables gRPC).
+        log_path: where the child's output goes (default: a file beside nothing, discarded).
+    """
+
+    overrides: list[str] = field(default_factory=list)
+    service_dir: Path = DEFAULT_SERVICE_DIR
+    host: str = "127.0.0.1"
+    port: int = 0
+    grpc_port: int | None = None
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def start(self, timeout: float = 120.0) -> ServiceProcess:
+        """Start the child and wait until ``/readyz`` answers 200.
+
+        Raises:
+            RuntimeError: the service exited or did not become ready in time (its log tail included).
+        """
+        self.port = self.port or free_port(self.host)
+        if self.grpc_port is None:
+            self.grpc_port = free_port(self.host)
+        sets = [*self.overrides, f"grpc_port={self.grpc_port}", f"grpc_host={self.host}"]
+        env = {**os.environ, ENV_SET: ";".join(sets), "BENTOML_DO_NOT_TRACK": "true",
+               "PYTHONPATH": os.pathsep.join([str(self.service_dir), os.environ.get("PYTHONPATH", "")])}
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:LongtailServing", "--working-dir",
+             str(self.service_dir), "--host", self.host, "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.proc.returncode}; {self._tail()}")
+            if self.readyz() == 200:
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"the service was not ready after {timeout:.0f}s; {self._tail()}")
+
+    def readyz(self) -> int | None:
+        """The HTTP status of ``/readyz`` (None when nothing answers)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def _tail(self) -> str:
+        if self.log_path and Path(self.log_path).exists():
+            return "log tail:\n" + Path(self.log_path).read_text(errors="replace")[-3000:]
+        return "(no log_path given)"
+
+    def stop(self) -> None:
+        """Stop the child and its workers (SIGTERM to its process group, then SIGKILL)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

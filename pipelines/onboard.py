@@ -1,0 +1,32 @@
+"""``onboard``: one or more new scenarios against the current θ0, then the θ0 update and packaging."""
+
+
+from kfp import dsl
+
+from components import onboard_scenario, package_bento, prepare_data, promote_models, update_theta0
+from longtail.pipelines.config import ClusterConfig, PipelineConfig
+from pipelines.placement import cpu_task, gpu_task
+
+DEFAULT_CONFIG = PipelineConfig().to_dict()  # the config parameter's default (compile overrides it)
+
+
+def make_onboard(cluster: ClusterConfig):
+    """The onboard pipeline with ``cluster``'s placement and ParallelFor limit."""
+
+    @dsl.pipeline(name="longtail-onboard",
+                  description="New scenarios: training data, onboarding against the current θ0 in parallel, "
+                              "the θ0 update from their feedback (Eq. 3), packaging and promotion.")
+    def onboard(config: dict = DEFAULT_CONFIG, scenarios: list[str] = [],  # noqa: B006
+                tag: str = "onboard") -> str:
+        data = cpu_task(prepare_data(config=config, scenarios=scenarios, features="online store kept"), cluster)
+        with dsl.ParallelFor(items=scenarios, parallelism=cluster.parallelism) as scenario:
+            ob = gpu_task(onboard_scenario(config=config, scenario=scenario, tag=tag, theta0_version=-1),
+                          cluster, cache=False)
+            ob.after(data)
+        update = cpu_task(update_theta0(config=config, results=dsl.Collected(ob.outputs["Output"])), cluster, cache=False)
+        pkg = cpu_task(package_bento(config=config, theta0_version=update.outputs["Output"]), cluster, cache=False)
+        cpu_task(promote_models(config=config, results=dsl.Collected(ob.outputs["Output"]), package=pkg.outputs["Output"]), cluster,
+                 cache=False)
+        return pkg.outputs["Output"]
+
+    return onboard
