@@ -26,7 +26,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check longtail tests bench
+	$(BIN)/ruff check longtail tests bench components pipelines serving feature_repo
 
 ## baselines on flights: global heavy, SinH, LightGBM global and per scenario (QUICK=1 for a short run)
 bench-baselines: $(STAMP)
