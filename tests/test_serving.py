@@ -140,6 +140,32 @@ def test_invalid_features_name_the_field(tiny, example, change, field):
     assert field.split("[")[0] in str(e.value)
 
 
+def test_missing_categories_are_served_like_offline(tiny, example):
+    """A null category (real data has them: flights' plane_manufacturer) maps to the OOV index online
+    as it does offline, instead of being refused."""
+    from longtail.metrics import predict_proba
+
+    spec = tiny.data.spec
+    p = Predictor(ServingConfig(registry=str(tiny.registry.store.root), poll_seconds=0)).start(background=False)
+    cats = [c.name for c in spec.profile_categorical]
+    assert cats, "the synthetic spec has a profile categorical"
+    seq_cat = [s.column(c.name) for s in spec.sequences for c in s.categorical]
+    features = dict(example["features"], **{cats[0]: None})
+    if seq_cat and features[seq_cat[0]]:
+        features[seq_cat[0]] = [None, *features[seq_cat[0]][1:]]
+    got = p.predict(PredictRequest(tiny.light_scenario, features=features,
+                                   event_timestamp=example["event_timestamp"]))
+    slot, _ = p.resolve(tiny.light_scenario)
+    offline = tiny.data.frame.iloc[7:8].copy()
+    offline[cats[0]] = None
+    if seq_cat and len(offline[seq_cat[0]].iloc[0]):
+        steps = offline[seq_cat[0]].iloc[0].copy().astype(object)
+        steps[0] = None
+        offline.at[offline.index[0], seq_cat[0]] = steps
+    want = float(predict_proba(slot.model, slot.transforms.transform(offline))[0])
+    assert got.probability == pytest.approx(want, abs=1e-6)
+
+
 # ---------------------------------------------------------------------- HTTP
 def test_http_predict_light_and_fallback(http, tiny, example):
     r = http.post("/predict", json={"scenario": tiny.light_scenario, **example})

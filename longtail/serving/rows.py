@@ -61,7 +61,10 @@ def _number(v: Any, field: str, nullable: bool) -> float:
     return v
 
 
-def _category(v: Any, field: str) -> str:
+def _category(v: Any, field: str) -> str | None:
+    # a missing category (null) is allowed as in training, where it maps to the out-of-vocabulary index
+    if v is None:
+        return None
     if isinstance(v, bool) or not isinstance(v, str | int | np.integer):
         raise RequestError(f"'{field}' must be a string (a category), got {type(v).__name__} {v!r}", field=field)
     return str(v)
@@ -168,7 +171,7 @@ def check_vocabularies(transforms: Any, df: pd.DataFrame, field: str = "features
         known = _known(vocab)
         values = df[col].iloc[0]
         for v in (values if isinstance(values, np.ndarray | list) else [values]):
-            if str(v) not in known:
+            if v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) not in known:
                 raise RequestError(f"'{field}.{col}': unknown category {v!r} and the model has no "
                                    f"out-of-vocabulary bucket; known: {sorted(known)[:20]}", field=f"{field}.{col}")
 
