@@ -3,16 +3,9 @@
 
 from kfp import dsl
 
-from components import (
-    build_agnostic_model,
-    materialize_features,
-    onboard_scenario,
-    package_bento,
-    prepare_data,
-    promote_models,
-    update_theta0,
-)
+from components import build_agnostic_model, materialize_features, prepare_data
 from longtail.pipelines.config import ClusterConfig, PipelineConfig
+from pipelines.onboard import onboard_and_publish
 from pipelines.placement import cpu_task, gpu_task
 
 DEFAULT_CONFIG = PipelineConfig().to_dict()  # the config parameter's default (compile overrides it)
@@ -29,16 +22,6 @@ def make_bootstrap(cluster: ClusterConfig):
         feats = cpu_task(materialize_features(config=config), cluster)
         data = cpu_task(prepare_data(config=config, scenarios=initial_scenarios, features=feats.outputs["Output"]), cluster)
         theta0 = gpu_task(build_agnostic_model(config=config, scenarios=initial_scenarios, data=data.outputs["Output"]), cluster)
-        with dsl.ParallelFor(items=initial_scenarios, parallelism=cluster.parallelism) as scenario:
-            # θ0's version is not passed into the loop: kfp.local 2.17 hands the loop item to an
-            # integer input fed by a task outside the loop; ordering by .after() is enough here
-            onboard = gpu_task(onboard_scenario(config=config, scenario=scenario, tag=tag, theta0_version=-1),
-                               cluster, cache=False)
-            onboard.after(theta0)
-        update = cpu_task(update_theta0(config=config, results=dsl.Collected(onboard.outputs["Output"])), cluster, cache=False)
-        pkg = cpu_task(package_bento(config=config, theta0_version=update.outputs["Output"]), cluster, cache=False)
-        cpu_task(promote_models(config=config, results=dsl.Collected(onboard.outputs["Output"]), package=pkg.outputs["Output"]), cluster,
-                 cache=False)
-        return pkg.outputs["Output"]
+        return onboard_and_publish(config, initial_scenarios, tag, theta0, cluster)
 
     return bootstrap
