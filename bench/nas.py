@@ -34,14 +34,12 @@ import numpy as np
 import pandas as pd
 from report import auc_bars
 
-from longtail.data.splits import TEST, TRAIN
+from longtail.data.splits import TRAIN
 from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
 from longtail.io import atomic_path, atomic_write_text
-from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
-from longtail.models.latency import measure_latency
 from longtail.nas import SearchConfig
-from longtail.nas.strategies import LightConfig, run_mel, run_ours
+from longtail.nas.strategies import LightConfig, run_light_scenario, run_ours
 from longtail.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,25 +54,22 @@ def light_config(encoder: str, epochs: int, seed: int) -> LightConfig:
 
 def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig, phase: str, work: Path) -> dict:
     """One carrier: MeL and Ours (phase ``main``) or the two ablations of Ours (phase ``ablation``)."""
-    teacher, transforms, info = load_model_dir(teacher_dir)
-    model_cfg = HeavyConfig.from_dict(info["config"])
     row: dict = {"scenario": scen}
     if phase == "ablation":
+        teacher, transforms, info = load_model_dir(teacher_dir)
+        model_cfg = HeavyConfig.from_dict(info["config"])
         nod = run_ours(teacher, transforms, data, scen, model_cfg, dataclasses.replace(cfg, delta=0.0))
         nof = run_ours(teacher, transforms, data, scen, model_cfg,
                        dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, lambda_flops=0.0)))
         return {**row, f"Ours_nodistill_{enc}": nod.auc, f"flops_ours_nodistill_{enc}": nod.flops,
                 f"Ours_noflops_{enc}": nof.auc, f"flops_ours_noflops_{enc}": nof.flops}
-    mel = run_mel(teacher, transforms, data, scen, model_cfg, cfg)
-    ours = run_ours(teacher, transforms, data, scen, model_cfg, cfg, out=work / "ours" / safe_name(scen))
-    one = transforms.transform(data.rows(TEST, [scen]).iloc[:1])
-    row.update({f"MeL_{enc}": mel.auc, f"Ours_{enc}": ours.auc,
-                f"flops_heavy_{enc}": count_flops(teacher)["total"], f"flops_light_{enc}": mel.flops,
-                f"flops_ours_{enc}": ours.flops,
-                f"latency_heavy_{enc}_ms": measure_latency(teacher.cpu(), one, repeats=cfg.latency_repeats)["p50_ms"],
-                f"latency_light_{enc}_ms": mel.latency_ms, f"latency_ours_{enc}_ms": ours.latency_ms,
-                f"seconds_mel_{enc}": mel.seconds, f"seconds_ours_{enc}": ours.seconds,
-                f"genotypes_ours_{enc}": json.dumps(ours.genotypes, sort_keys=True)})
+    r = run_light_scenario(teacher_dir, data, scen, cfg, out=work / "ours" / safe_name(scen))
+    row.update({f"MeL_{enc}": r["auc_mel"], f"Ours_{enc}": r["auc_ours"],
+                f"flops_heavy_{enc}": r["flops_heavy"], f"flops_light_{enc}": r["flops_light"],
+                f"flops_ours_{enc}": r["flops_ours"], f"latency_heavy_{enc}_ms": r["latency_heavy_ms"],
+                f"latency_light_{enc}_ms": r["latency_light_ms"], f"latency_ours_{enc}_ms": r["latency_ours_ms"],
+                f"seconds_mel_{enc}": r["seconds_mel"], f"seconds_ours_{enc}": r["seconds_ours"],
+                f"genotypes_ours_{enc}": json.dumps(r["genotypes"], sort_keys=True)})
     return row
 
 

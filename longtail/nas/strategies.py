@@ -51,7 +51,7 @@ from longtail.nas.supernet import SearchConfig, build_supernet_model, search
 from longtail.train import TrainConfig, fit, resolve_device, torch_threads
 
 __all__ = ["LightConfig", "LightJobConfig", "LightResult", "load_light_model_dir", "mel_budget", "mel_config",
-           "run_light_for_scenarios", "run_light_job", "run_mel", "run_ours", "scaled_for_rows"]
+           "run_light_for_scenarios", "run_light_job", "run_light_scenario", "run_mel", "run_ours", "scaled_for_rows"]
 
 
 @dataclass(frozen=True)
@@ -357,6 +357,33 @@ def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms
 
 
 # ---------------------------------------------------------------------- runner
+def run_light_scenario(teacher_dir: str | Path, data: PreparedData, scenario: str, light_cfg: LightConfig,
+                       out: str | Path | None = None) -> dict[str, Any]:
+    """MeL and Ours for one scenario, distilled from the θu saved in ``teacher_dir``.
+
+    Returns:
+        ``scenario, auc_mel, auc_ours, flops_heavy, flops_light, flops_ours, budget,
+        latency_heavy_ms, latency_light_ms, latency_ours_ms, seconds_mel, seconds_ours, genotypes``.
+
+    Raises:
+        FileNotFoundError: ``teacher_dir`` holds no saved model.
+    """
+    folder = Path(teacher_dir)
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{folder}: no θu for scenario {scenario!r}; was it onboarded by run_meh?")
+    teacher, transforms, info = load_model_dir(folder)
+    model_cfg = HeavyConfig.from_dict(info["config"])
+    mel = run_mel(teacher, transforms, data, scenario, model_cfg, light_cfg)
+    ours = run_ours(teacher, transforms, data, scenario, model_cfg, light_cfg, out=out)
+    one = transforms.transform(data.rows(TEST, [scenario]).iloc[:1])
+    return {"scenario": scenario, "auc_mel": mel.auc, "auc_ours": ours.auc,
+            "flops_heavy": count_flops(teacher)["total"], "flops_light": mel.flops,
+            "flops_ours": ours.flops, "budget": ours.budget,
+            "latency_heavy_ms": measure_latency(teacher.cpu(), one, repeats=light_cfg.latency_repeats)["p50_ms"],
+            "latency_light_ms": mel.latency_ms, "latency_ours_ms": ours.latency_ms,
+            "seconds_mel": mel.seconds, "seconds_ours": ours.seconds, "genotypes": ours.genotypes}
+
+
 def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_cfg: LightConfig,
                             scenarios: list[str] | None = None, out: str | Path | None = None,
                             log=None) -> pd.DataFrame:
@@ -383,25 +410,12 @@ def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_c
         scenarios = [s for s in data.scenarios if (models / safe_name(s) / "model.json").exists()]
     rows = []
     for scen in scenarios:
-        folder = models / safe_name(scen)
-        if not (folder / "model.json").exists():
-            raise FileNotFoundError(f"{folder}: no θu for scenario {scen!r}; was it onboarded by run_meh?")
-        teacher, transforms, info = load_model_dir(folder)
-        model_cfg = HeavyConfig.from_dict(info["config"])
-        mel = run_mel(teacher, transforms, data, scen, model_cfg, light_cfg)
-        ours = run_ours(teacher, transforms, data, scen, model_cfg, light_cfg,
-                        out=Path(out) / safe_name(scen) if out is not None else None)
-        one = transforms.transform(data.rows(TEST, [scen]).iloc[:1])
-        rows.append({"scenario": scen, "auc_mel": mel.auc, "auc_ours": ours.auc,
-                     "flops_heavy": count_flops(teacher)["total"], "flops_light": mel.flops,
-                     "flops_ours": ours.flops, "budget": ours.budget,
-                     "latency_heavy_ms": measure_latency(teacher.cpu(), one,
-                                                         repeats=light_cfg.latency_repeats)["p50_ms"],
-                     "latency_light_ms": mel.latency_ms, "latency_ours_ms": ours.latency_ms,
-                     "seconds_mel": mel.seconds, "seconds_ours": ours.seconds})
+        row = run_light_scenario(models / safe_name(scen), data, scen, light_cfg,
+                                 out=Path(out) / safe_name(scen) if out is not None else None)
+        rows.append(row)
         if log:
-            log(f"{scen}: MeL AUC {mel.auc:.4f} ({mel.flops:,} FLOPs), Ours AUC {ours.auc:.4f} "
-                f"({ours.flops:,} FLOPs, budget {ours.budget:,})")
+            log(f"{scen}: MeL AUC {row['auc_mel']:.4f} ({row['flops_light']:,} FLOPs), Ours AUC "
+                f"{row['auc_ours']:.4f} ({row['flops_ours']:,} FLOPs, budget {row['budget']:,})")
     return pd.DataFrame(rows, columns=["scenario", "auc_mel", "auc_ours", "flops_heavy", "flops_light", "flops_ours",
                                        "budget", "latency_heavy_ms", "latency_light_ms", "latency_ours_ms",
                                        "seconds_mel", "seconds_ours"])
