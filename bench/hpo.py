@@ -15,7 +15,7 @@ Both parts cap training (``--steps`` optimiser steps per model, 1 epoch) so that
 benchmark fits a laptop; the caps are printed in ``hpo.md``. Finished trials and table cells are
 kept under ``--work``, so an interrupted run resumes.
 
-Run: ``make bench-hpo`` (3 seeds, 10 trials, 150 steps) or ``make bench-hpo QUICK=1``.
+Run: ``make bench-hpo`` (3 seeds, 8 trials, 100 steps) or ``make bench-hpo QUICK=1``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from longtail.agnostic import initial_scenarios
-from longtail.data.tables import MANIFEST
+from longtail.data.tables import JOIN_CACHE_ENV, MANIFEST
 from longtail.experiment import DataConfig, evaluate_heavy, prepare, train_heavy
 from longtail.hpo.runner import Budget, MedianStopping
 from longtail.hpo.trial import HPOJobConfig, run_hpo
@@ -181,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trial-seconds", type=float, default=900.0)
     args = p.parse_args(argv)
     q = args.quick
-    args.trials = args.trials or (4 if q else 10)
+    args.trials = args.trials or (4 if q else 8)
     args.seeds = args.seeds or (2 if q else 3)
-    args.steps = args.steps or (40 if q else 150)
+    args.steps = args.steps or (40 if q else 100)
     args.repeats = args.repeats or (1 if q else 3)
     args.sizes = [int(s) for s in (args.sizes or ("2,4" if q else "2,4,8,16")).split(",")]
     if q:
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         from longtail.data.flights import build_flights
 
         build_flights(args.data)
+    # all trials (subprocesses) and Table VI prepare the same set: join and validate it once
+    os.environ.setdefault(JOIN_CACHE_ENV, str((Path(args.work) / "join-cache").resolve()))
     t0 = time.perf_counter()
     data = prepare(DataConfig(tables=args.data))
     args.initial_by_seed = [initial_scenarios(data, 8, seed=s) for s in range(args.seeds)]

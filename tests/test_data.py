@@ -155,3 +155,46 @@ def test_build_synthetic_writes_spec(tmp_path):
     assert ts.spec.name == "synthetic"
     df = point_in_time_join(ts)
     ts.spec.validate(df)
+
+
+def test_join_cache_round_trips_and_follows_the_table_set(tmp_path, monkeypatch):
+    from longtail.data.tables import JOIN_CACHE_ENV, cached_join
+    from longtail.experiment import DataConfig, prepare
+
+    root = tmp_path / "tables"
+    tables = build_synthetic(root, SyntheticConfig(n_scenarios=3, max_rows=200, min_rows=40, seed=1))
+    cache = tmp_path / "cache"
+    frame, validated = cached_join(tables, cache)  # a miss: joins, validates, writes
+    assert validated
+    assert len(list(cache.glob("*.parquet"))) == 1 and len(list(cache.glob("*.json"))) == 1
+    again, validated = cached_join(tables, cache)  # a hit: the same rows, values and dtypes
+    assert validated
+    pd.testing.assert_frame_equal(again, frame)
+    assert isinstance(again.iloc[0][tables.spec.sequences[0].column(tables.spec.sequences[0].field_names[0])],
+                      np.ndarray)
+    # prepare through the environment variable gives the same split and rows as without a cache
+    plain = prepare(DataConfig(tables=str(root)))
+    monkeypatch.setenv(JOIN_CACHE_ENV, str(cache))
+    cached = prepare(DataConfig(tables=str(root), scenarios=tuple(plain.scenarios[:2])))
+    sub = plain.frame[plain.frame[tables.spec.scenario].astype(str).isin(plain.scenarios[:2])]
+    assert len(cached.frame) == len(sub)
+    # a rebuilt table set gets a new key, never the stale entry
+    build_synthetic(root, SyntheticConfig(n_scenarios=3, max_rows=150, min_rows=40, seed=2))
+    fresh, _ = cached_join(TableSet.load(root), cache)
+    assert len(fresh) != len(frame)
+    assert len(list(cache.glob("*.parquet"))) == 2
+
+
+def test_join_cache_records_an_invalid_set_and_prepare_still_refuses_it(tmp_path, monkeypatch):
+    from longtail.data.tables import JOIN_CACHE_ENV
+    from longtail.experiment import DataConfig, prepare
+
+    root = tmp_path / "tables"
+    tables = build_synthetic(root, SyntheticConfig(n_scenarios=3, max_rows=200, min_rows=40, seed=1))
+    ev = tables.read_events()
+    ev.loc[ev.index[:3], tables.spec.label] = 7  # not binary
+    ev.to_parquet(tables.events_path, index=False)
+    monkeypatch.setenv(JOIN_CACHE_ENV, str(tmp_path / "cache"))
+    for _ in range(2):  # the miss and the hit both refuse it, naming the column
+        with pytest.raises(SpecError, match=tables.spec.label):
+            prepare(DataConfig(tables=str(root)))

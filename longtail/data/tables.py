@@ -283,3 +283,63 @@ def _asof(left: pd.DataFrame, right: pd.DataFrame, key: str, ts: str, cols: list
     joined = pd.merge_asof(left_sorted, r, left_on=ts, right_on="_snap_ts", by=key, direction="backward",
                            allow_exact_matches=True)
     return joined.drop(columns="_snap_ts")
+
+
+# ---------------------------------------------------------------------- join cache
+JOIN_CACHE_ENV = "LONGTAIL_JOIN_CACHE"
+_JOIN_CACHE_VERSION = 1
+
+
+def join_cache_key(tables: TableSet) -> str:
+    """A key that changes whenever the table set or the join's code version changes.
+
+    It hashes the manifest and spec files and the size and modification time of every table file
+    (a rebuilt set is written anew, so its files get new times even with equal content).
+    """
+    import hashlib
+
+    h = hashlib.sha256(f"longtail-join-v{_JOIN_CACHE_VERSION}".encode())
+    files = [tables.root / MANIFEST, tables.root / "spec.yaml", tables.events_path, tables.profile_path,
+             *(tables.behavior_path(s) for s in tables.spec.sequences)]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update((tables.root / MANIFEST).read_bytes())
+    h.update((tables.root / "spec.yaml").read_bytes())
+    return h.hexdigest()[:24]
+
+
+def cached_join(tables: TableSet, cache_dir: str | Path | None = None) -> tuple[pd.DataFrame, bool]:
+    """The point-in-time join of the whole set, read from a cache when one is configured.
+
+    The cache folder is ``cache_dir`` or the ``LONGTAIL_JOIN_CACHE`` environment variable; with
+    neither this is `point_in_time_join`. A cached entry is the joined frame as parquet plus a
+    small JSON written after it (so a crash mid-write leaves no entry), keyed by `join_cache_key`.
+    The whole frame is validated against the spec before it is cached; an entry records the
+    outcome, so a reader of a valid entry can skip validation (every check of
+    `DatasetSpec.problems` is per row or per scenario, so any subset of whole scenarios of a valid
+    frame is valid too).
+
+    Returns:
+        ``(frame, validated)``: ``validated`` is True when the whole frame is known to pass
+        `DatasetSpec.validate`.
+    """
+    cache_dir = cache_dir or os.environ.get(JOIN_CACHE_ENV) or None
+    if not cache_dir:
+        return point_in_time_join(tables), False
+    from longtail.io import atomic_path
+
+    cache = Path(cache_dir)
+    key = join_cache_key(tables)
+    data_path, meta_path = cache / f"{tables.spec.name}-{key}.parquet", cache / f"{tables.spec.name}-{key}.json"
+    if meta_path.exists() and data_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return pd.read_parquet(data_path), bool(meta.get("valid"))
+    frame = point_in_time_join(tables)
+    valid = not tables.spec.problems(frame)
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(data_path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    atomic_write_json(meta_path, {"tables": str(tables.root.resolve()), "rows": len(frame), "valid": valid,
+                                  "created_unix": time.time()})
+    return frame, valid

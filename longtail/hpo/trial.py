@@ -14,6 +14,7 @@ split is never seen by the search.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,8 @@ def run_hpo(cfg: HPOJobConfig, log=None) -> HPOResult:
     """Run (or resume) a local HPO job of the heavy model.
 
     Writes ``config.yaml``, ``journal.jsonl``, ``trials/<id>/`` (command and output),
+    ``join-cache/`` (the joined table set the trials share, unless ``LONGTAIL_JOIN_CACHE`` names
+    another folder),
     ``trials.csv``, ``best_auc.png`` and ``best.json`` (the best trial's value, params and the
     config keys to retrain it with) into ``cfg.out``. Rerunning the same job resumes it.
 
@@ -213,7 +216,12 @@ def run_hpo(cfg: HPOJobConfig, log=None) -> HPOResult:
         model_dir = str(workdir / "model") if cfg.save_models else None
         return [*local_trial_command(), *trial_args({**base, **space.overrides(params)}, data=tables, out=model_dir)]
 
-    runner = TrialRunner(space, algorithm, CommandEvaluator(argv, metric=METRIC, step_key=STEP_KEY), cfg.budget,
+    # every trial prepares the same table set: join and validate it once, in a cache the trials share
+    from longtail.data.tables import JOIN_CACHE_ENV
+
+    env = {JOIN_CACHE_ENV: os.environ.get(JOIN_CACHE_ENV) or str((out / "join-cache").resolve())}
+    runner = TrialRunner(space, algorithm, CommandEvaluator(argv, metric=METRIC, step_key=STEP_KEY, env=env),
+                         cfg.budget,
                          out / "journal.jsonl", cfg.early_stopping, log=log,
                          context={"trial_settings": base, "tables": tables, "save_models": cfg.save_models})
     result = runner.run()
