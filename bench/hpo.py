@@ -81,14 +81,20 @@ def curves(args: argparse.Namespace) -> pd.DataFrame:
 def table6(args: argparse.Namespace, data) -> pd.DataFrame:
     done_file = Path(args.work) / "table6.jsonl"
     done_file.parent.mkdir(parents=True, exist_ok=True)
-    done = [json.loads(x) for x in done_file.read_text().splitlines()] if done_file.exists() else []
-    have = {(r["model"], r["n_initial"], r["repeat"]) for r in done}
+
+    def read_done() -> list[dict]:
+        # re-read before every cell: two processes may share the file (e.g. ``--sizes 2,4,8,16`` and
+        # ``--sizes 16,8``), each then skips what the other has finished
+        rows = [json.loads(x) for x in done_file.read_text().splitlines() if x.strip()] if done_file.exists() else []
+        unique = {(r["model"], r["n_initial"], r["repeat"]): r for r in reversed(rows)}  # first record wins
+        return list(reversed(list(unique.values())))
+
     base_train = TrainConfig(epochs=1, max_steps=args.steps)
     for n in args.sizes:
         for rep in range(args.repeats):
             scen = initial_scenarios(data, n, seed=rep)
             for model in ("lstm", "bert", "nas"):
-                if (model, n, rep) in have:
+                if (model, n, rep) in {(r["model"], r["n_initial"], r["repeat"]) for r in read_done()}:
                     continue
                 t0 = time.perf_counter()
                 if model == "nas":
@@ -104,10 +110,10 @@ def table6(args: argparse.Namespace, data) -> pd.DataFrame:
                        "valid_auc": trained.result.best_valid_auc, "seconds": time.perf_counter() - t0}
                 with open(done_file, "a") as f:
                     f.write(json.dumps(rec) + "\n")
-                done.append(rec)
                 print(f"table6 {model} n={n} rep={rep}: mean test AUC {rec['test_auc_mean']:.4f} "
                       f"({rec['seconds']:.0f}s)", flush=True)
-    return pd.DataFrame(done)
+    done = [r for r in read_done() if r["n_initial"] in args.sizes]
+    return pd.DataFrame(done).sort_values(["n_initial", "repeat", "model"]).reset_index(drop=True)
 
 
 def plot_curves(df: pd.DataFrame, path: Path, title: str) -> None:

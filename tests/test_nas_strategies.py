@@ -187,3 +187,37 @@ def test_cli_nas_light_runs_a_meh_folder_and_publishes_ours(setup, synthetic_tab
     assert version.metrics["flops"] <= version.metrics["budget"]
     model, _, info = reg.load(pub["name"], pub["version"])
     assert info["kind"] == "light" and count_flops(model)["total"] == version.metrics["flops"]
+
+
+def test_transfer_set_is_other_scenarios_train_rows_labelled_by_the_teacher(setup):
+    from longtail.data.splits import TRAIN
+    from longtail.nas.distill import teacher_logits
+    from longtail.nas.strategies import transfer_batch
+
+    data, scen, teacher = setup
+    others = data.rows(TRAIN)
+    others = others[others[data.spec.scenario].astype(str) != scen]
+    t = transfer_batch(teacher.model, teacher.transforms, data, scen, n_rows=50, seed=0)
+    assert len(t) == 50
+    # only other scenarios' rows; labels are θu's probabilities, not the rows' own outcomes
+    own_index = teacher.transforms.scenarios.index(scen) if scen in teacher.transforms.scenarios else -1
+    assert (t.scenario != own_index).all()
+    assert torch.allclose(t.label, torch.sigmoid(teacher_logits(teacher.model, t)))
+    assert ((t.label > 0) & (t.label < 1)).all()
+    # the same seed draws the same rows; a larger request is capped at what exists
+    again = transfer_batch(teacher.model, teacher.transforms, data, scen, n_rows=50, seed=0)
+    assert torch.equal(again.profile_num, t.profile_num)
+    assert len(transfer_batch(teacher.model, teacher.transforms, data, scen, n_rows=10**9)) == len(others)
+    assert transfer_batch(teacher.model, teacher.transforms, data, scen, n_rows=0) is None
+
+
+def test_strategies_train_on_the_transfer_set_and_stay_within_budget(setup):
+    import dataclasses
+
+    data, scen, teacher = setup
+    cfg = dataclasses.replace(LIGHT, transfer_rows=200)
+    mel = run_mel(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)
+    ours = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)
+    assert mel.info["n_transfer"] == ours.info["n_transfer"] == 200
+    assert 0 < ours.flops <= ours.budget == mel.flops
+    assert math.isfinite(mel.auc) and math.isfinite(ours.auc)

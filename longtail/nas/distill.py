@@ -32,7 +32,8 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     Args:
         student_logits: (B,) student logits.
         teacher_logits: (B,) teacher logits (detached here: no gradient reaches the teacher).
-        labels: (B,) float hard labels in {0, 1}.
+        labels: (B,) float labels: hard in {0, 1}, or probabilities in [0, 1] for transfer rows
+            (``longtail.nas.strategies.transfer_batch``).
         delta: weight δ of the soft term (0 gives plain BCE).
         temperature: softening temperature ``T`` (> 0) of both logits in the soft term.
         scale_t2: multiply the soft term by ``T²`` (Hinton's scaling; off by default, see module).

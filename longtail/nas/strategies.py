@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ from longtail.nas.supernet import SearchConfig, build_supernet_model, search
 from longtail.train import TrainConfig, fit, resolve_device, torch_threads
 
 __all__ = ["LightConfig", "LightJobConfig", "LightResult", "load_light_model_dir", "mel_budget", "mel_config",
-           "run_light_for_scenarios", "run_light_job", "run_light_scenario", "run_mel", "run_ours", "scaled_for_rows"]
+           "run_light_for_scenarios", "run_light_job", "run_light_scenario", "run_mel", "run_ours", "scaled_for_rows",
+           "transfer_batch"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ class LightConfig:
             and of the retrained Ours model from θu's (``inherit_shared_parts``); only the
             behavior encoders start from scratch. The paper trains light models from scratch
             (``False``); starting the shared parts from θu helps scenarios with few rows.
+        transfer_rows: add up to this many TRAIN rows of the *other* scenarios to the training
+            (and search-weight) rows of MeL and Ours, labelled with θu's probabilities (a
+            transfer set for the distillation: the light model learns θu's function on more
+            inputs than the scenario's own few hundred rows). Early stopping, the architecture
+            step of the search and evaluation use only the scenario's own rows. 0 (the paper)
+            trains on the scenario's rows alone. See ``transfer_batch``.
+        transfer_seed: seed of the transfer-row sample (mixed with the scenario name).
     """
 
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -98,6 +107,8 @@ class LightConfig:
     latency_repeats: int = 50
     init_from_teacher: bool = True
     min_steps: int = 100
+    transfer_rows: int = 0
+    transfer_seed: int = 0
 
 
 @dataclass
@@ -167,6 +178,48 @@ def _splits(transforms: FittedTransforms, data: PreparedData, scenario: str) -> 
     valid = transforms.transform(frames[VALID]) if len(frames[VALID]) else None
     return _Splits(transforms.transform(frames[TRAIN]), valid, transforms.transform(frames[TEST]),
                    frames[TEST][data.spec.label].to_numpy())
+
+
+def transfer_batch(teacher: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
+                   n_rows: int, seed: int = 0) -> Batch | None:
+    """A transfer set for distillation: other scenarios' TRAIN rows labelled by the teacher.
+
+    Draws up to ``n_rows`` rows uniformly (seeded by ``seed`` and the scenario's name, so each
+    scenario gets its own reproducible sample) from the TRAIN split of every scenario but
+    ``scenario``, and replaces their labels by θu's probabilities: on these rows the light model
+    learns only what θu predicts, never the other scenarios' own outcomes. No VALID or TEST row
+    of any scenario is used.
+
+    Args:
+        teacher: θu, the scenario-specific heavy model.
+        transforms: θu's fitted transforms.
+        data: prepared rows with their split.
+        scenario: the scenario the light model is for (its rows are excluded).
+        n_rows: the most rows to draw (0: none).
+        seed: sample seed.
+
+    Returns:
+        The rows as a `Batch` with float labels in [0, 1], or ``None`` when there are none.
+    """
+    if n_rows <= 0:
+        return None
+    rows = data.rows(TRAIN)
+    rows = rows[rows[data.spec.scenario].astype(str) != scenario]
+    if not len(rows):
+        return None
+    rng = np.random.default_rng([seed, zlib.crc32(scenario.encode())])
+    take = np.sort(rng.choice(len(rows), size=min(n_rows, len(rows)), replace=False))
+    batch = transforms.transform(rows.iloc[take])
+    return dataclasses.replace(batch, label=torch.sigmoid(teacher_logits(teacher, batch)).float())
+
+
+def _training_rows(teacher: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
+                   splits: _Splits, light_cfg: LightConfig) -> tuple[Batch, int]:
+    """The scenario's TRAIN rows plus the transfer set; returns ``(rows, transfer row count)``."""
+    extra = transfer_batch(teacher, transforms, data, scenario, light_cfg.transfer_rows, light_cfg.transfer_seed)
+    if extra is None:
+        return splits.train, 0
+    return Batch.concat([splits.train, extra]), len(extra)
 
 
 def _evaluate(model: nn.Module, splits: _Splits, repeats: int) -> tuple[float, dict[str, int], float]:
@@ -239,18 +292,19 @@ def run_mel(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepar
     t0 = time.perf_counter()
     splits = _splits(transforms, data, scenario)
     cfg = mel_config(model_cfg, light_cfg)
-    train_cfg, _ = scaled_for_rows(light_cfg, len(splits.train))
+    teacher_model.eval()
+    train_rows, n_transfer = _training_rows(teacher_model, transforms, data, scenario, splits, light_cfg)
+    train_cfg, _ = scaled_for_rows(light_cfg, len(train_rows))
     torch.manual_seed(train_cfg.seed)
     model = build_model(transforms.schema, cfg)
     if light_cfg.init_from_teacher:
         inherit_shared_parts(model, teacher_model)
-    teacher_model.eval()
-    result = fit(model, splits.train, splits.valid, train_cfg,
+    result = fit(model, train_rows, splits.valid, train_cfg,
                  loss_fn=_distill_fn(teacher_model, light_cfg.delta, light_cfg.temperature), description="MeL")
     test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
     return LightResult(scenario, "MeL", test_auc, flops["total"], flops["total"], latency, None,
                        time.perf_counter() - t0,
-                       {"n_train": len(splits.train), "n_test": len(splits.test),
+                       {"n_train": len(splits.train), "n_transfer": n_transfer, "n_test": len(splits.test),
                         "best_valid_auc": result.best_valid_auc, "epochs_run": result.epochs_run,
                         "flops_by_part": flops, "config": cfg.to_dict()}, model)
 
@@ -280,7 +334,9 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
     splits = _splits(transforms, data, scenario)
     schema = transforms.schema
     mel_flops, budget = mel_budget(schema, model_cfg, light_cfg)
-    train_cfg, search_cfg = scaled_for_rows(light_cfg, len(splits.train))
+    teacher_model.eval()
+    train_rows, n_transfer = _training_rows(teacher_model, transforms, data, scenario, splits, light_cfg)
+    train_cfg, search_cfg = scaled_for_rows(light_cfg, len(train_rows))
     search_cfg = dataclasses.replace(search_cfg, delta=light_cfg.delta, temperature=light_cfg.temperature)
 
     torch.manual_seed(search_cfg.seed)
@@ -296,14 +352,13 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
 
     # few-row scenarios may have no VALID rows; the architecture then steps on TRAIN (recorded)
     arch_split = splits.valid if splits.valid is not None else splits.train
-    teacher_model.eval()
     supernet.to(resolve_device(light_cfg.train.device))
     with torch_threads(light_cfg.train.threads):
-        searched = search(supernet, splits.train, arch_split, search_cfg,
-                          teacher_train=teacher_logits(teacher_model, splits.train),
+        searched = search(supernet, train_rows, arch_split, search_cfg,
+                          teacher_train=teacher_logits(teacher_model, train_rows),
                           teacher_valid=teacher_logits(teacher_model, arch_split), budget=budget)
     derivation = derive(supernet, budget)
-    model, result = train_light(derivation.genotypes, schema, model_cfg, splits.train, splits.valid, teacher_model,
+    model, result = train_light(derivation.genotypes, schema, model_cfg, train_rows, splits.valid, teacher_model,
                                 train_cfg, delta=light_cfg.delta, temperature=light_cfg.temperature,
                                 supernet=supernet.cpu() if light_cfg.from_supernet else None,
                                 init_from=teacher_model if light_cfg.init_from_teacher else None, description="Ours")
@@ -312,7 +367,8 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
         raise AssertionError(f"derived model has {flops['total']:,} FLOPs > budget {budget:,} (derive said "
                              f"{derivation.flops:,})")
     genotypes = {name: g.to_dict() for name, g in derivation.genotypes.items()}
-    info = {"n_train": len(splits.train), "n_test": len(splits.test), "best_valid_auc": result.best_valid_auc,
+    info = {"n_train": len(splits.train), "n_transfer": n_transfer, "n_test": len(splits.test),
+            "best_valid_auc": result.best_valid_auc,
             "epochs_run": result.epochs_run, "flops_by_part": flops, "mel_flops": mel_flops,
             "within_budget": True, "log_prob": derivation.log_prob, "search_steps": len(searched.history),
             "arch_split": VALID if splits.valid is not None else TRAIN,

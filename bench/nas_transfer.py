@@ -1,0 +1,64 @@
+"""Probe: MeL and Ours with and without a transfer set (``LightConfig.transfer_rows``) on flights carriers.
+
+For each carrier, loads its θu from ``make bench-meta`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``)
+and trains MeL and Ours (5 epochs of search and training, the bench-nas settings) once on the carrier's
+own TRAIN rows (the paper) and once with ``--transfer`` extra rows of the other carriers labelled by θu.
+Prints one line per carrier and setting, and a mean per setting, with the carrier's MeH test AUC
+from ``bench/results/meta.csv`` beside them. Nothing is written under ``bench/results``.
+
+Run: ``python bench/nas_transfer.py --carriers OO,HA,YV,F9 --transfer 0,16384``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from longtail.experiment import DataConfig, load_model_dir, prepare
+from longtail.models.heavy import HeavyConfig
+from longtail.nas import SearchConfig
+from longtail.nas.strategies import LightConfig, run_mel, run_ours
+from longtail.train import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/flights")
+    p.add_argument("--encoder", default="lstm")
+    p.add_argument("--carriers", default="OO,HA,YV,F9")
+    p.add_argument("--transfer", default="0,16384", help="comma-separated transfer_rows settings")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--strategies", default="MeL,Ours")
+    args = p.parse_args(argv)
+    data = prepare(DataConfig(tables=args.data))
+    meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
+    base = LightConfig(search=SearchConfig(epochs=args.epochs, flops_penalty="hinge"),
+                       train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5)
+    rows = []
+    for scen in args.carriers.split(","):
+        teacher, tf, info = load_model_dir(f"runs/bench-meta/{args.encoder}/meh/models/{scen}")
+        mc = HeavyConfig.from_dict(info["config"])
+        for n in (int(x) for x in args.transfer.split(",")):
+            cfg = dataclasses.replace(base, transfer_rows=n)
+            for strategy in args.strategies.split(","):
+                t = time.perf_counter()
+                fn = run_mel if strategy == "MeL" else run_ours
+                r = fn(teacher, tf, data, scen, mc, cfg)
+                rows.append({"scenario": scen, "transfer_rows": n, "strategy": strategy, "auc": r.auc,
+                             "flops": r.flops, "meh": meta.loc[scen, f"MeH_{args.encoder}"],
+                             "seconds": time.perf_counter() - t})
+                print(f"{scen} transfer={n} {strategy}: AUC {r.auc:.4f} (MeH {rows[-1]['meh']:.4f}) "
+                      f"{r.flops:,} FLOPs {rows[-1]['seconds']:.0f}s", flush=True)
+    df = pd.DataFrame(rows)
+    print(df.pivot_table(index=["scenario"], columns=["strategy", "transfer_rows"], values="auc").round(4))
+    print(df.groupby(["strategy", "transfer_rows"])[["auc", "meh"]].mean().round(4))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
