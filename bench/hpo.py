@@ -72,7 +72,8 @@ def curves(args: argparse.Namespace) -> pd.DataFrame:
                 v = r["value"] if r["status"] in ("finished", "stopped") and pd.notna(r["value"]) else np.nan
                 best = max(best, v) if pd.notna(v) else best
                 rows.append({"algorithm": algo, "seed": seed, "trial": int(r["trial"]), "status": r["status"],
-                             "value": v, "best_so_far": best if np.isfinite(best) else np.nan})
+                             "value": v, "best_so_far": best if np.isfinite(best) else np.nan,
+                             "seconds": r.get("seconds", np.nan), "encoder": r.get("model.encoder")})
             print(f"{algo} seed {seed}: best validation AUC {result.best_value} over {len(t)} trials "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
     return pd.DataFrame(rows)
@@ -144,18 +145,39 @@ def write(args, cur: pd.DataFrame | None, t6: pd.DataFrame | None, total: float)
     lines = [f"# HPO of the agnostic heavy model on flights ({'quick' if args.quick else 'full'} run)", "",
              f"Command: `python bench/hpo.py {' '.join(sys.argv[1:])}` — space `{args.space}`, {args.trials} trials "
              f"x {args.seeds} seeds per algorithm, every model trained 1 epoch capped at {args.steps} steps of 512 "
-             f"rows; {platform.machine()} CPU; this run {total:.0f}s.", ""]
+             f"rows; {platform.machine()} CPU, 1 torch thread per model; this invocation {total:.0f}s (finished "
+             "trials and cells are resumed, not rerun).", ""]
+    if cur is not None and len(cur):
+        lines += [f"Curves: {len(cur)} trials, {cur['seconds'].sum() / 3600:.2f} h of trial time "
+                  f"(median {cur['seconds'].median():.0f} s a trial)."]
+    if t6 is not None and len(t6):
+        lines += [f"Table VI: {len(t6)} models, {t6['seconds'].sum() / 3600:.2f} h "
+                  f"(median {t6['seconds'].median():.0f} s a model, NAS search included)."]
+    lines.append("")
     if cur is not None and len(cur):
         with atomic_path(RESULTS / f"{tag}_curves.csv") as tmp:
             cur.to_csv(tmp, index=False, float_format="%.4f")
         plot_curves(cur, RESULTS / f"{tag}_curves.png", "flights: best validation AUC vs trials")
         last = cur.sort_values("trial").groupby(["algorithm", "seed"]).last()["best_so_far"].unstack()
         lines += ["## RACOS vs TPE vs random (best validation AUC after all trials)", "",
-                  "| algorithm | " + " | ".join(f"seed {s}" for s in last.columns) + " | mean | failed trials |",
-                  "|---|" + "---:|" * (len(last.columns) + 2)]
+                  "| algorithm | " + " | ".join(f"seed {s}" for s in last.columns)
+                  + " | mean | failed trials | best trial's encoder by seed |",
+                  "|---|" + "---:|" * (len(last.columns) + 2) + "---|"]
         for algo, r in last.iterrows():
-            failed = int((cur[(cur["algorithm"] == algo)]["status"] == "failed").sum())
-            lines.append(f"| {algo} | " + " | ".join(f"{v:.4f}" for v in r) + f" | **{r.mean():.4f}** | {failed} |")
+            mine = cur[cur["algorithm"] == algo]
+            failed = int((mine["status"] == "failed").sum())
+            best_enc = [str(g.loc[g["value"].idxmax(), "encoder"]) if g["value"].notna().any() else "-"
+                        for _, g in mine.groupby("seed")]
+            lines.append(f"| {algo} | " + " | ".join(f"{v:.4f}" for v in r) + f" | **{r.mean():.4f}** | {failed} | "
+                         + ", ".join(best_enc) + " |")
+        marks = sorted({k for k in (1, 2, 4, 8, 16, 32) if k <= cur["trial"].max() + 1} | {int(cur["trial"].max()) + 1})
+        curve = cur.pivot_table(index="trial", columns="algorithm", values="best_so_far", aggfunc="mean")
+        lines += ["", "Mean (over seeds) best validation AUC after k trials — the curve of `hpo_curves.png`:", "",
+                  "| trials | " + " | ".join(curve.columns) + " |", "|---:|" + "---:|" * len(curve.columns)]
+        for k in marks:
+            lines.append(f"| {k} | " + " | ".join(f"{curve.loc[k - 1, a]:.4f}" for a in curve.columns) + " |")
+        ranks = last.rank(axis=0, ascending=False).mean(axis=1)
+        lines += ["", "Mean rank over seeds (1 = best): " + ", ".join(f"{a} {v:.2f}" for a, v in ranks.items()) + "."]
         lines.append("")
     if t6 is not None and len(t6):
         with atomic_path(RESULTS / f"{tag}_table6.csv") as tmp:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--carriers", default="OO,HA,YV,F9")
     p.add_argument("--transfer", default="0,16384", help="comma-separated transfer_rows settings")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--strategies", default="MeL,Ours")
+    p.add_argument("--strategies", default="MeL,Ours", help="MeL, Ours, OursS (Ours retrained from the supernet)")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             for strategy in args.strategies.split(","):
                 t = time.perf_counter()
                 fn = run_mel if strategy == "MeL" else run_ours
-                r = fn(teacher, tf, data, scen, mc, cfg)
+                # OursS: Ours retrained from the supernet's weights (LightConfig.from_supernet)
+                r = fn(teacher, tf, data, scen, mc, dataclasses.replace(cfg, from_supernet=strategy == "OursS"))
                 rows.append({"scenario": scen, "transfer_rows": n, "strategy": strategy, "auc": r.auc,
                              "flops": r.flops, "meh": meta.loc[scen, f"MeH_{args.encoder}"],
                              "seconds": time.perf_counter() - t})
