@@ -33,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--carriers", default="OO,HA,YV,F9")
     p.add_argument("--transfer", default="0,16384", help="comma-separated transfer_rows settings")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--search-epochs", type=int, help="epochs of the supernet search (default: --epochs)")
     p.add_argument("--strategies", default="MeL,Ours", help="MeL, Ours, OursS (Ours retrained from the supernet)")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
-    base = LightConfig(search=SearchConfig(epochs=args.epochs, flops_penalty="hinge"),
+    base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
                        train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5)
     rows = []
     for scen in args.carriers.split(","):
