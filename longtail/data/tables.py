@@ -17,6 +17,7 @@ the same rule, so the embedded join here and the Feast path return the same rows
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from longtail.io import atomic_write_json
+from longtail.io import atomic_path, atomic_write_json
 from longtail.spec import DatasetSpec, SequenceSpec, SpecError
 
 SNAPSHOT_TS = "snapshot_ts"
@@ -296,8 +297,6 @@ def join_cache_key(tables: TableSet) -> str:
     It hashes the manifest and spec files and the size and modification time of every table file
     (a rebuilt set is written anew, so its files get new times even with equal content).
     """
-    import hashlib
-
     h = hashlib.sha256(f"longtail-join-v{_JOIN_CACHE_VERSION}".encode())
     files = [tables.root / MANIFEST, tables.root / "spec.yaml", tables.events_path, tables.profile_path,
              *(tables.behavior_path(s) for s in tables.spec.sequences)]
@@ -327,8 +326,6 @@ def cached_join(tables: TableSet, cache_dir: str | Path | None = None) -> tuple[
     cache_dir = cache_dir or os.environ.get(JOIN_CACHE_ENV) or None
     if not cache_dir:
         return point_in_time_join(tables), False
-    from longtail.io import atomic_path
-
     cache = Path(cache_dir)
     key = join_cache_key(tables)
     data_path, meta_path = cache / f"{tables.spec.name}-{key}.parquet", cache / f"{tables.spec.name}-{key}.json"

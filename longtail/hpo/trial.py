@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from longtail.config import config_to_dict, load_config, parse_overrides, save_config
+from longtail.data.tables import JOIN_CACHE_ENV
 from longtail.experiment import DataConfig
 from longtail.hpo.algorithms import create_algorithm
 from longtail.hpo.command import (
@@ -217,12 +218,9 @@ def run_hpo(cfg: HPOJobConfig, log=None) -> HPOResult:
         return [*local_trial_command(), *trial_args({**base, **space.overrides(params)}, data=tables, out=model_dir)]
 
     # every trial prepares the same table set: join and validate it once, in a cache the trials share
-    from longtail.data.tables import JOIN_CACHE_ENV
-
     env = {JOIN_CACHE_ENV: os.environ.get(JOIN_CACHE_ENV) or str((out / "join-cache").resolve())}
     runner = TrialRunner(space, algorithm, CommandEvaluator(argv, metric=METRIC, step_key=STEP_KEY, env=env),
-                         cfg.budget,
-                         out / "journal.jsonl", cfg.early_stopping, log=log,
+                         cfg.budget, out / "journal.jsonl", cfg.early_stopping, log=log,
                          context={"trial_settings": base, "tables": tables, "save_models": cfg.save_models})
     result = runner.run()
     best = None
