@@ -34,43 +34,72 @@ import numpy as np
 import pandas as pd
 from report import auc_bars
 
-from longtail.data.splits import TRAIN
+from longtail.data.splits import TEST, TRAIN
 from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
 from longtail.io import atomic_path, atomic_write_text
+from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
+from longtail.models.latency import measure_latency
 from longtail.nas import SearchConfig
-from longtail.nas.strategies import LightConfig, run_light_scenario, run_ours
+from longtail.nas.strategies import LightConfig, run_mel, run_ours
 from longtail.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def light_config(encoder: str, epochs: int, seed: int) -> LightConfig:
+def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0) -> LightConfig:
     """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs."""
     train = TrainConfig(epochs=epochs, seed=seed)
     search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
-    return LightConfig(search=search, train=train, mel_encoder=encoder)
+    return LightConfig(search=search, train=train, mel_encoder=encoder, pretrain_epochs=pretrain_epochs,
+                       transfer_rows=transfer_rows)
 
 
-def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig, phase: str, work: Path) -> dict:
-    """One carrier: MeL and Ours (phase ``main``) or the two ablations of Ours (phase ``ablation``)."""
+def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[dict | None, dict | None]:
+    """Pooled pre-trained supernets of a phase: ``(main, {"nodistill": ..., "noflops": ...})``."""
+    if cfg.pretrain_epochs <= 0 or phase == "mel":
+        return None, None
+    from longtail.nas.pretrain import pretrained_supernet
+
+    def one(c: LightConfig) -> dict:
+        return pretrained_supernet(Path(args.meta_work) / enc / "meh", data, c, Path(args.work) / enc / "pretrain",
+                                   log=lambda m: print(f"{enc} {phase}: {m}", flush=True))[0]
+
+    if phase == "ours":
+        return one(cfg), None
+    return None, {"nodistill": one(dataclasses.replace(cfg, delta=0.0)),
+                  "noflops": one(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, lambda_flops=0.0)))}
+
+
+def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig, phase: str, work: Path,
+                 pretrained: dict | None = None, pretrained_ablations: dict | None = None) -> dict:
+    """One carrier: MeL (phase ``mel``), Ours (``ours``) or the two ablations of Ours (``ablation``)."""
     row: dict = {"scenario": scen}
+    teacher, transforms, info = load_model_dir(teacher_dir)
+    model_cfg = HeavyConfig.from_dict(info["config"])
+    if phase == "mel":
+        r = run_mel(teacher, transforms, data, scen, model_cfg, cfg)
+        one = transforms.transform(data.rows(TEST, [scen]).iloc[:1])
+        return {**row, f"MeL_{enc}": r.auc, f"flops_heavy_{enc}": count_flops(teacher)["total"],
+                f"flops_light_{enc}": r.flops, f"seconds_mel_{enc}": r.seconds, f"latency_light_{enc}_ms": r.latency_ms,
+                f"latency_heavy_{enc}_ms": measure_latency(teacher.cpu(), one, repeats=cfg.latency_repeats)["p50_ms"]}
     if phase == "ablation":
-        teacher, transforms, info = load_model_dir(teacher_dir)
-        model_cfg = HeavyConfig.from_dict(info["config"])
-        nod = run_ours(teacher, transforms, data, scen, model_cfg, dataclasses.replace(cfg, delta=0.0))
+        abl = pretrained_ablations or {}
+        nod = run_ours(teacher, transforms, data, scen, model_cfg, dataclasses.replace(cfg, delta=0.0),
+                       pretrained=abl.get("nodistill"))
         nof = run_ours(teacher, transforms, data, scen, model_cfg,
-                       dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, lambda_flops=0.0)))
+                       dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, lambda_flops=0.0)),
+                       pretrained=abl.get("noflops"))
         return {**row, f"Ours_nodistill_{enc}": nod.auc, f"flops_ours_nodistill_{enc}": nod.flops,
                 f"Ours_noflops_{enc}": nof.auc, f"flops_ours_noflops_{enc}": nof.flops}
-    r = run_light_scenario(teacher_dir, data, scen, cfg, out=work / "ours" / safe_name(scen))
-    row.update({f"MeL_{enc}": r["auc_mel"], f"Ours_{enc}": r["auc_ours"],
-                f"flops_heavy_{enc}": r["flops_heavy"], f"flops_light_{enc}": r["flops_light"],
-                f"flops_ours_{enc}": r["flops_ours"], f"latency_heavy_{enc}_ms": r["latency_heavy_ms"],
-                f"latency_light_{enc}_ms": r["latency_light_ms"], f"latency_ours_{enc}_ms": r["latency_ours_ms"],
-                f"seconds_mel_{enc}": r["seconds_mel"], f"seconds_ours_{enc}": r["seconds_ours"],
-                f"genotypes_ours_{enc}": json.dumps(r["genotypes"], sort_keys=True)})
-    return row
+    r = run_ours(teacher, transforms, data, scen, model_cfg, cfg, out=work / "ours" / safe_name(scen),
+                 pretrained=pretrained)
+    return {**row, f"Ours_{enc}": r.auc, f"flops_ours_{enc}": r.flops, f"budget_{enc}": r.budget,
+            f"latency_ours_{enc}_ms": r.latency_ms, f"seconds_ours_{enc}": r.seconds,
+            f"genotypes_ours_{enc}": json.dumps(r.genotypes, sort_keys=True)}
+
+
+PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.jsonl"}
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -86,13 +115,16 @@ def run(args: argparse.Namespace) -> None:
     meta = RESULTS / "meta.csv"
     ref = pd.read_csv(meta).set_index("scenario") if meta.exists() else pd.DataFrame()
     # main results of every encoder first, then the ablations: a run cut short keeps the main table
-    phases = [(enc, "main") for enc in args.encoders] + [(enc, "ablation") for enc in args.ablations]
+    phases = [(enc, ph) for enc in args.encoders for ph in ("mel", "ours") if ph in args.phases]
+    phases += [(enc, "ablation") for enc in args.ablations if "ablation" in args.phases]
     for enc, phase in phases:
         work = Path(args.work) / enc
         work.mkdir(parents=True, exist_ok=True)
-        done_file = work / ("rows.jsonl" if phase == "main" else "ablations.jsonl")
+        done_file = work / PHASE_FILES[phase]
         done = _rows(done_file)
-        cfg = light_config(enc, args.epochs, args.seed)
+        cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs, args.transfer_rows)
+        todo = [s for s in scenarios if s not in done]
+        pretrained, pretrained_abl = pretrained_for(phase, cfg, enc, args, data) if todo else (None, None)
         for scen in scenarios:
             if scen in done:
                 continue
@@ -101,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{enc} {scen}: no θu at {teacher_dir}; run `make bench-meta` first — skipped", flush=True)
                 continue
             s0 = time.perf_counter()
-            row = run_scenario(scen, enc, data, teacher_dir, cfg, phase, work)
+            row = run_scenario(scen, enc, data, teacher_dir, cfg, phase, work, pretrained, pretrained_abl)
             with open(done_file, "a") as f:  # one line per finished carrier: the resume point
                 f.write(json.dumps(row, default=float) + "\n")
             done[scen] = row
@@ -118,9 +150,10 @@ def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd
         for strat in ("SinH", "MeH"):
             col = f"{strat}_{enc}"
             table[col] = table["scenario"].map(ref[col]) if col in ref else np.nan
-        rows = _rows(Path(args.work) / enc / "rows.jsonl")
-        for scen, extra in _rows(Path(args.work) / enc / "ablations.jsonl").items():
-            rows.setdefault(scen, {"scenario": scen}).update(extra)
+        rows: dict[str, dict] = {}
+        for name in PHASE_FILES.values():
+            for scen, extra in _rows(Path(args.work) / enc / name).items():
+                rows.setdefault(scen, {"scenario": scen}).update(extra)
         got = pd.DataFrame(list(rows.values())).set_index("scenario") if rows else pd.DataFrame()
         for col in (f"MeL_{enc}", f"Ours_{enc}", f"flops_heavy_{enc}", f"flops_light_{enc}", f"flops_ours_{enc}",
                     f"latency_heavy_{enc}_ms", f"latency_light_{enc}_ms", f"latency_ours_{enc}_ms",
@@ -215,8 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoders", default=None, help="comma list (default lstm,bert; quick lstm)")
     p.add_argument("--ablations", default="lstm", help="encoders that also run the two ablations ('' for none)")
     p.add_argument("--scenarios", default=None, help="comma list of carriers (default: all, largest first)")
+    p.add_argument("--phases", default="mel,ours,ablation", help="comma list of mel, ours, ablation (run one "
+                   "phase per process to use several cores; results meet in the work folder)")
+    p.add_argument("--pretrain-epochs", type=int, default=0,
+                   help="epochs of the pooled pre-training of the light supernet (LightConfig.pretrain_epochs)")
+    p.add_argument("--transfer-rows", type=int, default=0, help="LightConfig.transfer_rows of MeL and Ours")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.phases = args.phases.split(",")
     args.epochs = args.epochs or (1 if args.quick else 5)
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")
     args.ablations = [a for a in args.ablations.split(",") if a]

@@ -34,12 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer", default="0,16384", help="comma-separated transfer_rows settings")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--search-epochs", type=int, help="epochs of the supernet search (default: --epochs)")
-    p.add_argument("--strategies", default="MeL,Ours", help="MeL, Ours, OursS (Ours retrained from the supernet)")
+    p.add_argument("--strategies", default="MeL,Ours",
+                   help="MeL, Ours, OursS (Ours retrained from the supernet), OursP (Ours from the pooled "
+                        "pre-trained supernet, --pretrain-epochs)")
+    p.add_argument("--pretrain-epochs", type=int, default=2, help="epochs of the pooled pre-training (OursP)")
+    p.add_argument("--pretrain-rows", type=int, default=0, help="pooled TRAIN rows of the pre-training (0: all)")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
                        train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5)
+    pretrained = None
+    if "OursP" in args.strategies.split(","):
+        from longtail.nas.pretrain import pretrained_supernet
+
+        pcfg = dataclasses.replace(base, pretrain_epochs=args.pretrain_epochs, pretrain_rows=args.pretrain_rows)
+        pretrained, path = pretrained_supernet(f"runs/bench-meta/{args.encoder}/meh", data, pcfg,
+                                               "runs/nas-pretrain", log=lambda m: print(m, flush=True))
+        print(f"pre-trained supernet: {path}", flush=True)
     rows = []
     for scen in args.carriers.split(","):
         teacher, tf, info = load_model_dir(f"runs/bench-meta/{args.encoder}/meh/models/{scen}")
@@ -48,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(base, transfer_rows=n)
             for strategy in args.strategies.split(","):
                 t = time.perf_counter()
-                fn = run_mel if strategy == "MeL" else run_ours
-                # OursS: Ours retrained from the supernet's weights (LightConfig.from_supernet)
-                r = fn(teacher, tf, data, scen, mc, dataclasses.replace(cfg, from_supernet=strategy == "OursS"))
+                if strategy == "MeL":
+                    r = run_mel(teacher, tf, data, scen, mc, cfg)
+                elif strategy == "OursP":
+                    r = run_ours(teacher, tf, data, scen, mc, cfg, pretrained=pretrained)
+                else:  # OursS: Ours retrained from the supernet's weights (LightConfig.from_supernet)
+                    r = run_ours(teacher, tf, data, scen, mc, dataclasses.replace(cfg, from_supernet=strategy == "OursS"))
                 rows.append({"scenario": scen, "transfer_rows": n, "strategy": strategy, "auc": r.auc,
                              "flops": r.flops, "meh": meta.loc[scen, f"MeH_{args.encoder}"],
                              "seconds": time.perf_counter() - t})

@@ -96,6 +96,7 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = False,
     description: str = "train",
+    score_initial: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place and leave it at its best validation epoch.
 
@@ -108,6 +109,9 @@ def fit(
         loss_fn: ``loss_fn(model, batch) -> scalar`` (default: BCE of the logits and the label).
         on_epoch: called with each epoch's record (epoch, train_loss, valid_auc, ...).
         show_progress: draw a progress bar (rich) over the steps.
+        score_initial: score the starting weights on ``valid`` before the first epoch (recorded
+            as epoch 0) and keep them when no epoch beats them: fine-tuning a pre-trained model
+            on a few rows then never returns a model worse on VALID than the one it started from.
 
     Returns:
         The `TrainResult` (best validation AUC, epochs, steps, history).
@@ -135,6 +139,11 @@ def fit(
     if state["done"]:
         model.load_state_dict(best_state)
         return _result(state, resumed_from)
+    if score_initial and resumed_from is None and valid is not None and len(valid):
+        start_auc = auc(valid.label.numpy(), predict_proba(model, valid, device=device))
+        if start_auc is not None:
+            state.update(best_auc=start_auc, best_epoch=0)
+            state["history"].append({"epoch": 0, "train_loss": None, "steps": 0, "valid_auc": start_auc})
 
     with torch_threads(cfg.threads):
         return _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resumed_from, ckpt_path,

@@ -96,6 +96,15 @@ class LightConfig:
             0.8522 to 0.7278/0.6926/0.8828 test AUC; Ours on YV/F9 goes from 0.6160/0.7103 (bench-nas)
             to 0.6852/0.7135. Off by default until the full benchmark has run with it.
         transfer_seed: seed of the transfer-row sample (mixed with the scenario name).
+        pretrain_epochs: when above 0, Ours starts from a light supernet pre-trained once on the
+            pooled TRAIN/VALID rows of every scenario with the MeH run's final θ0 as teacher
+            (``longtail.nas.pretrain``): the search continues from it on the scenario's rows with θu
+            as teacher, and the derived model is fine-tuned from the supernet's weights (the
+            starting weights kept when no epoch beats them on VALID). 0 (the paper) searches and
+            retrains every scenario from scratch.
+        pretrain_rows: at most this many pooled TRAIN rows for the pre-training (0: all; VALID
+            rows at most a quarter as many).
+        pretrain_seed: seed of the pooled-row sample.
     """
 
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -112,6 +121,9 @@ class LightConfig:
     min_steps: int = 100
     transfer_rows: int = 0
     transfer_seed: int = 0
+    pretrain_epochs: int = 0
+    pretrain_rows: int = 0
+    pretrain_seed: int = 0
 
 
 @dataclass
@@ -313,7 +325,8 @@ def run_mel(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepar
 
 
 def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
-             model_cfg: HeavyConfig, light_cfg: LightConfig, out: str | Path | None = None) -> LightResult:
+             model_cfg: HeavyConfig, light_cfg: LightConfig, out: str | Path | None = None,
+             pretrained: dict[str, torch.Tensor] | None = None) -> LightResult:
     """Ours: budget-limited search, derivation within the MeL budget, retraining with distillation.
 
     Args:
@@ -325,6 +338,9 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
         light_cfg: light settings (space, search, budget fraction, δ, T, training).
         out: when set, ``genotypes.json``, one ``genotype_<sequence>.png`` per sequence and the
             model folder ``model/`` (``load_light_model_dir``) are written there.
+        pretrained: a pooled pre-trained supernet's state dict (``longtail.nas.pretrain``): the
+            search starts from it instead of from θu's shared parts, and the derived model is
+            fine-tuned from the searched supernet's weights.
 
     Returns:
         The ``LightResult``; ``flops <= budget`` always holds.
@@ -344,7 +360,9 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
 
     torch.manual_seed(search_cfg.seed)
     supernet = build_supernet_model(schema, model_cfg, light_cfg.space)
-    if light_cfg.init_from_teacher:
+    if pretrained is not None:
+        supernet.load_state_dict(pretrained)
+    elif light_cfg.init_from_teacher:
         inherit_shared_parts(supernet, teacher_model)
     try:  # fail before spending the search: derivation is exact, so feasibility does not depend on it
         derive(supernet, budget)
@@ -363,8 +381,9 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
     derivation = derive(supernet, budget)
     model, result = train_light(derivation.genotypes, schema, model_cfg, train_rows, splits.valid, teacher_model,
                                 train_cfg, delta=light_cfg.delta, temperature=light_cfg.temperature,
-                                supernet=supernet.cpu() if light_cfg.from_supernet else None,
-                                init_from=teacher_model if light_cfg.init_from_teacher else None, description="Ours")
+                                supernet=supernet.cpu() if light_cfg.from_supernet or pretrained is not None else None,
+                                init_from=teacher_model if light_cfg.init_from_teacher and pretrained is None else None,
+                                description="Ours", score_initial=pretrained is not None)
     test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
     if flops["total"] > budget:  # derive's FLOPs must be count_flops'; a mismatch is a bug, not a data issue
         raise AssertionError(f"derived model has {flops['total']:,} FLOPs > budget {budget:,} (derive said "
@@ -374,7 +393,7 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
             "best_valid_auc": result.best_valid_auc,
             "epochs_run": result.epochs_run, "flops_by_part": flops, "mel_flops": mel_flops,
             "within_budget": True, "log_prob": derivation.log_prob, "search_steps": len(searched.history),
-            "arch_split": VALID if splits.valid is not None else TRAIN,
+            "arch_split": VALID if splits.valid is not None else TRAIN, "pretrained": pretrained is not None,
             "argmax_genotypes": {k: g.to_dict() for k, g in searched.argmax_genotypes.items()}}
     if out is not None:
         _save_ours(Path(out), model, transforms, model_cfg, derivation.genotypes, scenario, flops["total"], budget,
@@ -417,8 +436,11 @@ def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms
 
 # ---------------------------------------------------------------------- runner
 def run_light_scenario(teacher_dir: str | Path, data: PreparedData, scenario: str, light_cfg: LightConfig,
-                       out: str | Path | None = None) -> dict[str, Any]:
+                       out: str | Path | None = None, pretrained: dict[str, torch.Tensor] | None = None
+                       ) -> dict[str, Any]:
     """MeL and Ours for one scenario, distilled from the θu saved in ``teacher_dir``.
+
+    ``pretrained`` is the pooled pre-trained supernet Ours starts from (``run_ours``).
 
     Returns:
         ``scenario, auc_mel, auc_ours, flops_heavy, flops_light, flops_ours, budget,
@@ -433,7 +455,7 @@ def run_light_scenario(teacher_dir: str | Path, data: PreparedData, scenario: st
     teacher, transforms, info = load_model_dir(folder)
     model_cfg = HeavyConfig.from_dict(info["config"])
     mel = run_mel(teacher, transforms, data, scenario, model_cfg, light_cfg)
-    ours = run_ours(teacher, transforms, data, scenario, model_cfg, light_cfg, out=out)
+    ours = run_ours(teacher, transforms, data, scenario, model_cfg, light_cfg, out=out, pretrained=pretrained)
     one = transforms.transform(data.rows(TEST, [scenario]).iloc[:1])
     return {"scenario": scenario, "auc_mel": mel.auc, "auc_ours": ours.auc,
             "flops_heavy": count_flops(teacher)["total"], "flops_light": mel.flops,
@@ -453,7 +475,9 @@ def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_c
         data: the prepared rows with the same split as the MeH run.
         light_cfg: light settings.
         scenarios: scenarios to run (default: every scenario of ``data`` with a saved θu).
-        out: when set, Ours' genotypes, pictures and model go to ``<out>/<scenario>/``.
+        out: when set, Ours' genotypes, pictures and model go to ``<out>/<scenario>/``, and the
+            pooled pre-trained supernet (``light_cfg.pretrain_epochs`` > 0) is cached in
+            ``<out>/pretrain/`` (computed once, before the first scenario, from ``<meh_out_dir>/theta0_final``).
         log: called with one line per scenario.
 
     Returns:
@@ -467,10 +491,19 @@ def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_c
     models = Path(meh_out_dir) / "models"
     if scenarios is None:
         scenarios = [s for s in data.scenarios if (models / safe_name(s) / "model.json").exists()]
+    missing = [s for s in scenarios if not (models / safe_name(s) / "model.json").exists()]
+    if missing:  # before any pre-training or search is spent
+        raise FileNotFoundError(f"{models}: no θu for scenarios {missing}; were they onboarded by run_meh?")
+    pretrained = None
+    if light_cfg.pretrain_epochs > 0 and scenarios:
+        from longtail.nas.pretrain import pretrained_supernet
+
+        pretrained, _ = pretrained_supernet(meh_out_dir, data, light_cfg,
+                                            Path(out) / "pretrain" if out is not None else None, log=log)
     rows = []
     for scen in scenarios:
         row = run_light_scenario(models / safe_name(scen), data, scen, light_cfg,
-                                 out=Path(out) / safe_name(scen) if out is not None else None)
+                                 out=Path(out) / safe_name(scen) if out is not None else None, pretrained=pretrained)
         rows.append(row)
         if log:
             log(f"{scen}: MeL AUC {row['auc_mel']:.4f} ({row['flops_light']:,} FLOPs), Ours AUC "
