@@ -14,8 +14,15 @@ MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``
 
 SinH and MeH AUCs come from ``bench/results/meta.csv`` (same split seed). Writes
 ``bench/results/nas.{csv,md}``, ``nas_auc.png`` (AUC per carrier) and ``nas_flops.png`` (AUC vs
-FLOPs per carrier); ``--quick`` writes ``nas_quick.*``. Finished carriers are kept in
-``<work>/<encoder>/rows.jsonl``, so an interrupted run resumes where it stopped.
+FLOPs per carrier); ``--quick`` writes ``nas_quick.*``. Finished carriers are kept per phase in
+``<work>/<encoder>/{mel,ours,ablations}.jsonl``, so an interrupted run resumes where it stopped;
+each phase file has the light settings it was made with beside it (``*.config.json``), and a run
+with other settings into the same ``--work`` stops with an error instead of mixing results.
+Phases can run in separate processes (``--phases mel`` beside ``--phases ours``) to use two cores.
+
+``--pretrain-epochs N`` starts Ours (and its ablations, each with its own δ or λ) from a light
+supernet pre-trained on the pooled TRAIN rows with the MeH run's final θ0 as teacher
+(``longtail.nas.pretrain``), cached in ``<work>/<encoder>/pretrain/``.
 
 Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
 """
@@ -34,6 +41,7 @@ import numpy as np
 import pandas as pd
 from report import auc_bars
 
+from longtail.config import config_to_dict
 from longtail.data.splits import TEST, TRAIN
 from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
 from longtail.io import atomic_path, atomic_write_text
@@ -59,10 +67,11 @@ def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[
     """Pooled pre-trained supernets of a phase: ``(main, {"nodistill": ..., "noflops": ...})``."""
     if cfg.pretrain_epochs <= 0 or phase == "mel":
         return None, None
-    from longtail.nas.pretrain import pretrained_supernet
+    from longtail.nas.pretrain import pretrained_supernet, theta0_dir
 
     def one(c: LightConfig) -> dict:
-        return pretrained_supernet(Path(args.meta_work) / enc / "meh", data, c, Path(args.work) / enc / "pretrain",
+        return pretrained_supernet(theta0_dir(Path(args.meta_work) / enc / "meh"), data, c,
+                                   Path(args.work) / enc / "pretrain",
                                    log=lambda m: print(f"{enc} {phase}: {m}", flush=True))[0]
 
     if phase == "ours":
@@ -102,6 +111,27 @@ def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig,
 PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.jsonl"}
 
 
+# settings MeL does not read: its phase file stays valid when only they change
+NOT_MEL = ("space", "search", "budget_fraction_of_mel", "from_supernet", "pretrain_epochs", "pretrain_rows",
+           "pretrain_seed")
+
+
+def check_settings(done_file: Path, cfg: LightConfig, phase: str) -> None:
+    """Record the settings of a phase file, or refuse to add to one made with other settings."""
+    stamp = done_file.with_suffix(".config.json")
+    mine = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    if phase == "mel":
+        mine = {k: v for k, v in mine.items() if k not in NOT_MEL}
+    if stamp.exists():
+        theirs = json.loads(stamp.read_text())
+        if theirs != mine:
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise SystemExit(f"{done_file} was made with other light settings (differ in {changed}); "
+                             f"pass another --work for these settings or delete {done_file.parent}")
+    else:
+        atomic_write_text(stamp, json.dumps(mine, indent=1, sort_keys=True) + "\n")
+
+
 def _rows(path: Path) -> dict[str, dict]:
     return {r["scenario"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
 
@@ -121,8 +151,9 @@ def run(args: argparse.Namespace) -> None:
         work = Path(args.work) / enc
         work.mkdir(parents=True, exist_ok=True)
         done_file = work / PHASE_FILES[phase]
-        done = _rows(done_file)
         cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs, args.transfer_rows)
+        check_settings(done_file, cfg, phase)
+        done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]
         pretrained, pretrained_abl = pretrained_for(phase, cfg, enc, args, data) if todo else (None, None)
         for scen in scenarios:
@@ -164,6 +195,22 @@ def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd
     return table
 
 
+def phase_settings(folder: Path) -> list[str]:
+    """One line per phase with the settings its rows were made with (from the ``*.config.json`` stamps)."""
+    out = []
+    for phase, name in PHASE_FILES.items():
+        stamp = (folder / name).with_suffix(".config.json")
+        if not stamp.exists():
+            continue
+        c = json.loads(stamp.read_text())
+        parts = [f"train epochs {c['train']['epochs']}", f"min_steps {c['min_steps']}", f"δ {c['delta']}",
+                 f"transfer_rows {c['transfer_rows']}"]
+        if "search" in c:
+            parts[1:1] = [f"search epochs {c['search']['epochs']}", f"pretrain_epochs {c['pretrain_epochs']}"]
+        out.append(f"* {phase}: " + ", ".join(parts))
+    return out
+
+
 def _f(v, fmt: str = ".4f") -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
@@ -182,7 +229,7 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
         cols = [f"SinH_{enc}", f"MeH_{enc}", f"MeL_{enc}", f"Ours_{enc}"]
         abl = [c for c in (f"Ours_nodistill_{enc}", f"Ours_noflops_{enc}", f"flops_ours_noflops_{enc}")
                if c in table]
-        lines += [f"## heavy encoder: {enc}", "",
+        lines += [f"## heavy encoder: {enc}", "", *phase_settings(Path(args.work) / enc), "",
                   "| scenario | n_train | " + " | ".join(cols + abl) + " | FLOPs heavy | FLOPs MeL | FLOPs Ours | "
                   "p50 ms heavy | p50 ms MeL | p50 ms Ours |",
                   "|---|---:|" + "---:|" * (len(cols) + len(abl) + 6)]

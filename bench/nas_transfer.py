@@ -39,17 +39,19 @@ def main(argv: list[str] | None = None) -> int:
                         "pre-trained supernet, --pretrain-epochs)")
     p.add_argument("--pretrain-epochs", type=int, default=2, help="epochs of the pooled pre-training (OursP)")
     p.add_argument("--pretrain-rows", type=int, default=0, help="pooled TRAIN rows of the pre-training (0: all)")
+    p.add_argument("--min-steps", type=int, default=LightConfig().min_steps, help="LightConfig.min_steps")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
-                       train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5)
+                       train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5,
+                       min_steps=args.min_steps)
     pretrained = None
     if "OursP" in args.strategies.split(","):
-        from longtail.nas.pretrain import pretrained_supernet
+        from longtail.nas.pretrain import pretrained_supernet, theta0_dir
 
         pcfg = dataclasses.replace(base, pretrain_epochs=args.pretrain_epochs, pretrain_rows=args.pretrain_rows)
-        pretrained, path = pretrained_supernet(f"runs/bench-meta/{args.encoder}/meh", data, pcfg,
+        pretrained, path = pretrained_supernet(theta0_dir(f"runs/bench-meta/{args.encoder}/meh"), data, pcfg,
                                                "runs/nas-pretrain", log=lambda m: print(m, flush=True))
         print(f"pre-trained supernet: {path}", flush=True)
     rows = []

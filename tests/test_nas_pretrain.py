@@ -57,8 +57,10 @@ def test_pooled_rows_are_train_rows_of_every_scenario_and_capped(meh):
 def test_pretraining_is_cached_under_a_key_of_its_settings(meh, tmp_path, monkeypatch):
     data, _, _, root = meh
     cache = tmp_path / "pre"
-    state, path = pretrained_supernet(root, data, LIGHT, cache)
+    lines: list[str] = []
+    state, path = pretrained_supernet(root / "theta0_final", data, LIGHT, cache, log=lines.append)
     assert path.exists() and path.parent.parent == cache
+    assert any("step 3/3" in line for line in lines)  # progress of the search
     facts = json.loads((path.parent / "facts.json").read_text())
     assert facts["n_train"] == len(data.rows(TRAIN)) and facts["steps"] == 3 and facts["budget"] > 0
     fresh = build_supernet_model(meh[2].transforms.schema, TEACHER, LIGHT.space)
@@ -69,30 +71,35 @@ def test_pretraining_is_cached_under_a_key_of_its_settings(meh, tmp_path, monkey
         raise AssertionError("a cached pre-training was searched again")
 
     monkeypatch.setattr(pretrain_mod, "pretrain_supernet", no_search)
-    again, same = pretrained_supernet(root, data, LIGHT, cache)
+    again, same = pretrained_supernet(root / "theta0_final", data, LIGHT, cache)
     assert same == path and all(torch.equal(again[k], state[k]) for k in state)
     # another setting is another key: it is not served the first one's file
     with pytest.raises(AssertionError, match="searched again"):
-        pretrained_supernet(root, data, dataclasses.replace(LIGHT, delta=0.0), cache)
+        pretrained_supernet(root / "theta0_final", data, dataclasses.replace(LIGHT, delta=0.0), cache)
 
 
 def test_missing_theta0_or_zero_epochs_name_the_fix(meh, tmp_path):
     data, _, _, root = meh
     with pytest.raises(FileNotFoundError, match="theta0_final.*pretrain_epochs: 0"):
         theta0_dir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no θ0 model folder.*pretrain_epochs: 0"):
+        pretrained_supernet(tmp_path, data, LIGHT, None)
     with pytest.raises(ValueError, match="pretrain_epochs is 0"):
-        pretrained_supernet(root, data, dataclasses.replace(LIGHT, pretrain_epochs=0), None)
+        pretrained_supernet(root / "theta0_final", data, dataclasses.replace(LIGHT, pretrain_epochs=0), None)
 
 
 def test_ours_from_the_pretrained_supernet_stays_within_budget(meh):
     data, scen, teacher, root = meh
-    state, path = pretrained_supernet(root, data, LIGHT, None)
+    state, path = pretrained_supernet(root / "theta0_final", data, LIGHT, None)
     assert path is None
     ours = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, LIGHT, pretrained=state)
     assert ours.info["pretrained"] and 0 < ours.flops <= ours.budget
     assert math.isfinite(ours.auc)
-    plain = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, LIGHT)
+    plain = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER,
+                     dataclasses.replace(LIGHT, pretrain_epochs=0))
     assert not plain.info["pretrained"]
+    with pytest.raises(ValueError, match="pretrain_epochs is 1 but no pre-trained supernet"):
+        run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, LIGHT)
 
 
 def test_runner_pretrains_once_into_the_job_folder(meh, tmp_path):

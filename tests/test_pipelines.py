@@ -145,6 +145,32 @@ def test_a_failed_scenario_is_reported_and_only_it_is_redone(synthetic_tables, t
     assert newest == {"s00": "onboard", "s01": rebuilt["tag"], "s02": "onboard"}
 
 
+def test_light_models_start_from_the_pooled_supernet_and_a_transfer_set(synthetic_tables, tmp_path, monkeypatch):
+    import dataclasses
+
+    from longtail.nas import pretrain
+
+    base = tiny_config(synthetic_tables.root, tmp_path / "ws")
+    cfg = base.replace(light=dataclasses.replace(base.light, pretrain_epochs=1, transfer_rows=50,
+                                                 search=SearchConfig(epochs=1, max_steps=3)))
+    stages.materialize(cfg)
+    stages.prepare(cfg, ["s00", "s01", "s02"])
+    stages.build_theta0(cfg, ["s00", "s01"])
+    (file,) = (tmp_path / "ws" / "light_pretrain").glob("*/supernet.pt")  # pre-trained once, by the bootstrap
+    facts = json.loads((file.parent / "facts.json").read_text())
+    assert facts["theta0"].endswith("theta0_init") and facts["n_train"] > 0
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("onboarding pre-trained the supernet again")
+
+    monkeypatch.setattr(pretrain, "pretrain_supernet", no_search)
+    result = stages.onboard_one(cfg, "s02")
+    assert result["status"] == "ok", result.get("error")
+    assert result["flops"]["Ours"] <= result["flops"]["budget"]
+    ours = json.loads((stages.scenario_dir(cfg, "s02") / "ours" / "genotypes.json").read_text())
+    assert ours["pretrained"] and ours["n_transfer"] == 50
+
+
 # ---------------------------------------------------------------------- kfp.local end to end
 @pytest.mark.slow
 def test_tiny_bootstrap_then_onboard_with_kfp_local(synthetic_tables, tmp_path, monkeypatch):

@@ -135,11 +135,17 @@ def pretrain_supernet(theta0: torch.nn.Module, transforms: FittedTransforms, dat
     if log:
         log(f"pre-training the light supernet on {len(train):,} pooled TRAIN rows ({len(valid):,} VALID), "
             f"{cfg.epochs} epochs")
+    def progress(record: dict[str, Any], steps: int) -> None:
+        if log and (record["step"] % max(1, steps // 10) == 0 or record["step"] == steps):
+            log(f"pre-training step {record['step']}/{steps}: train loss {record['train_loss']:.4f}, "
+                f"valid loss {record['valid_loss']:.4f}, {time.perf_counter() - t0:.0f}s")
+
     supernet.to(resolve_device(light_cfg.train.device))
     with torch_threads(light_cfg.train.threads):
         result = search(supernet, train, valid, cfg,
                         teacher_train=teacher_logits(theta0, train) if distill else None,
-                        teacher_valid=teacher_logits(theta0, valid) if distill else None, budget=budget)
+                        teacher_valid=teacher_logits(theta0, valid) if distill else None, budget=budget,
+                        on_step=progress)
     facts = {"n_train": len(train), "n_valid": len(valid), "steps": len(result.history),
              "seconds": time.perf_counter() - t0,
              "argmax_genotypes": {k: g.to_dict() for k, g in result.argmax_genotypes.items()}}
@@ -153,16 +159,18 @@ def load_pretrained(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)["state"]
 
 
-def pretrained_supernet(meh_out: str | Path, data: PreparedData, light_cfg: Any, cache_dir: str | Path | None,
+def pretrained_supernet(theta0: str | Path, data: PreparedData, light_cfg: Any, cache_dir: str | Path | None,
                         log=None) -> tuple[dict[str, torch.Tensor], Path | None]:
-    """The pooled pre-trained supernet of a MeH run, computed once and cached.
+    """The pooled pre-trained supernet for a θ0, computed once and cached.
 
     The file ``<cache_dir>/<key>/supernet.pt`` (with ``facts.json`` beside it) is written
     atomically after the search; a later call with the same settings, θ0 and rows reads it.
 
     Args:
-        meh_out: the MeH run folder (its ``theta0_final`` is the teacher).
-        data: prepared rows with the MeH run's split.
+        theta0: the teacher's model folder (a MeH run's ``theta0_final``, ``theta0_dir``; the
+            pipelines' ``theta0_init``).
+        data: prepared rows with the split θ0 and the θu were trained with; every scenario in it
+            is pooled.
         light_cfg: the ``LightConfig`` (``pretrain_epochs`` > 0).
         cache_dir: folder of pre-trained supernets (``None``: compute, do not cache).
         log: progress lines.
@@ -172,7 +180,10 @@ def pretrained_supernet(meh_out: str | Path, data: PreparedData, light_cfg: Any,
     """
     from longtail.nas.strategies import mel_budget
 
-    folder = theta0_dir(meh_out)
+    folder = Path(theta0)
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{folder}: no θ0 model folder to pre-train the light supernet with "
+                                "(set light.pretrain_epochs: 0 to search from scratch)")
     if light_cfg.pretrain_epochs <= 0:
         raise ValueError(f"light.pretrain_epochs is {light_cfg.pretrain_epochs}; pre-training needs at least 1 epoch")
     key = pretrain_key(_light_settings(light_cfg), (folder / "weights.pt").read_bytes(), _rows_fingerprint(data))

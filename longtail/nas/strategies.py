@@ -348,8 +348,13 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
     Raises:
         InfeasibleBudgetError: the smallest architecture of the space exceeds the budget (raised
             before any search, naming the scenario, the budget and the MeL FLOPs).
+        ValueError: ``light_cfg.pretrain_epochs`` > 0 but no ``pretrained`` supernet was given.
     """
     t0 = time.perf_counter()
+    if light_cfg.pretrain_epochs > 0 and pretrained is None:
+        raise ValueError(f"scenario {scenario!r}: light.pretrain_epochs is {light_cfg.pretrain_epochs} but no "
+                         "pre-trained supernet was passed; get one with longtail.nas.pretrain.pretrained_supernet "
+                         "(run_light_for_scenarios does), or set light.pretrain_epochs: 0 to search from scratch")
     splits = _splits(transforms, data, scenario)
     schema = transforms.schema
     mel_flops, budget = mel_budget(schema, model_cfg, light_cfg)
@@ -407,7 +412,8 @@ def _save_ours(out: Path, model: nn.Module, transforms: FittedTransforms, model_
     out.mkdir(parents=True, exist_ok=True)
     gdict = {name: g.to_dict() for name, g in genotypes.items()}
     atomic_write_json(out / "genotypes.json", {"scenario": scenario, "flops": flops, "budget": budget,
-                                               "mel_flops": info["mel_flops"], "genotypes": gdict})
+                                               "mel_flops": info["mel_flops"], "pretrained": info["pretrained"],
+                                               "n_transfer": info["n_transfer"], "genotypes": gdict})
     for name, g in genotypes.items():
         draw_genotype(g, out / f"genotype_{safe_name(name)}.png",
                       title=f"{scenario} / {name}: {flops:,} FLOPs (budget {budget:,})")
@@ -496,9 +502,9 @@ def run_light_for_scenarios(meh_out_dir: str | Path, data: PreparedData, light_c
         raise FileNotFoundError(f"{models}: no θu for scenarios {missing}; were they onboarded by run_meh?")
     pretrained = None
     if light_cfg.pretrain_epochs > 0 and scenarios:
-        from longtail.nas.pretrain import pretrained_supernet
+        from longtail.nas.pretrain import pretrained_supernet, theta0_dir
 
-        pretrained, _ = pretrained_supernet(meh_out_dir, data, light_cfg,
+        pretrained, _ = pretrained_supernet(theta0_dir(meh_out_dir), data, light_cfg,
                                             Path(out) / "pretrain" if out is not None else None, log=log)
     rows = []
     for scen in scenarios:

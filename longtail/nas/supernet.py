@@ -21,7 +21,7 @@ model (differentiable in ``alpha``) divided by the budget (or by the largest FLO
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -292,7 +292,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
 
 def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
            teacher_train: torch.Tensor | None = None, teacher_valid: torch.Tensor | None = None,
-           budget: int | None = None) -> SearchResult:
+           budget: int | None = None, on_step: Callable[[dict[str, Any], int], None] | None = None) -> SearchResult:
     """GDAS search: alternate weight steps (train split) and ``alpha`` steps (validation split).
 
     Args:
@@ -303,6 +303,8 @@ def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
         teacher_train / teacher_valid: (N,) precomputed teacher logits aligned with the rows
             (``teacher_logits``); ``None`` uses hard labels only.
         budget: FLOPs per sample; normalises the FLOPs term (default: the largest FLOPs of the space).
+        on_step: called after every step with the step's record and the total number of steps
+            (progress of a long search).
 
     Returns:
         The ``SearchResult``.
@@ -355,5 +357,7 @@ def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
         a_opt.step()
         result.history.append({"step": step + 1, "tau": tau, "train_loss": w_loss.item(),
                                "valid_loss": a_task.item(), "flops_term": flops_term.item()})
+        if on_step:
+            on_step(result.history[-1], steps)
     result.argmax_genotypes = {name: enc.argmax_genotype() for name, (enc, _) in super_encoders(model).items()}
     return result

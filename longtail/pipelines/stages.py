@@ -250,7 +250,32 @@ def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict
                "per_scenario": per.replace({np.nan: None}).to_dict("records"),
                "registry": {"name": mv.name, "version": mv.version}}
     atomic_write_json(summary_path, summary)
+    if cfg.light.pretrain_epochs > 0:  # once here, so that parallel onboardings find it cached
+        light_pretrained(cfg, log=log)
     return summary
+
+
+def _initial_scenarios(cfg: PipelineConfig) -> list[str]:
+    summary_path = _ws(cfg) / "theta0_init" / "summary.json"
+    if not summary_path.exists():
+        raise StageError(f"{summary_path}: no θ0 summary; run the bootstrap pipeline (build_theta0) first")
+    return list(json.loads(summary_path.read_text())["scenarios"])
+
+
+def light_pretrained(cfg: PipelineConfig, *, log=None) -> dict[str, torch.Tensor]:
+    """The light supernet pre-trained on the initial scenarios' pooled rows with θ0 as teacher.
+
+    ``longtail.nas.pretrain.pretrained_supernet`` with the initial θ0 (``theta0_init``) on the
+    prepared rows of the scenarios it was trained on, cached in ``<workspace>/light_pretrain/``
+    under a key of the light settings, θ0's weights and the rows (computed once; a changed
+    ``light`` config gets its own entry).
+    """
+    from longtail.nas.pretrain import pretrained_supernet
+
+    data = load_prepared(cfg, _initial_scenarios(cfg))
+    state, _ = pretrained_supernet(_ws(cfg) / "theta0_init", data, cfg.light, _ws(cfg) / "light_pretrain",
+                                   log=(lambda m: _log(log, f"light: {m}")) if log else None)
+    return state
 
 
 def _choose_theta0(cfg: PipelineConfig, data: PreparedData, scenarios: list[str], log):
@@ -331,7 +356,9 @@ def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> di
     server = Theta0Server(_ws(cfg) / "theta0")
     version, state = server.load()
     transforms, model_cfg = theta0_context(server)
-    data = load_prepared(cfg, [scenario])
+    # the transfer set of the light models draws from the initial scenarios' TRAIN rows
+    others = [s for s in _initial_scenarios(cfg) if s != scenario] if cfg.light.transfer_rows > 0 else []
+    data = load_prepared(cfg, [scenario, *others])
     _log(log, f"{scenario}: fine-tune θu from θ0 v{version}")
     res = onboard_scenario(state, transforms, model_cfg, data, scenario, cfg.meta, base_version=version)
     teacher = res.build_model(transforms, model_cfg)
@@ -344,7 +371,8 @@ def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> di
     _log(log, f"{scenario}: MeL (pre-defined light) distilled from θu")
     mel = run_mel(teacher, transforms, data, scenario, model_cfg, cfg.light)
     _log(log, f"{scenario}: Ours (budget-limited NAS, distilled from θu)")
-    ours = run_ours(teacher, transforms, data, scenario, model_cfg, cfg.light, out=out / "ours")
+    pretrained = light_pretrained(cfg, log=log) if cfg.light.pretrain_epochs > 0 else None
+    ours = run_ours(teacher, transforms, data, scenario, model_cfg, cfg.light, out=out / "ours", pretrained=pretrained)
     sinh_auc = None
     if cfg.sinh:
         _log(log, f"{scenario}: SinH reference (own heavy model, same settings as θ0)")
