@@ -217,7 +217,6 @@ def test_transfer_set_is_other_scenarios_train_rows_labelled_by_the_teacher(setu
 
 
 def test_strategies_train_on_the_transfer_set_and_stay_within_budget(setup):
-
     data, scen, teacher = setup
     cfg = dataclasses.replace(LIGHT, transfer_rows=200)
     mel = run_mel(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)
