@@ -8,8 +8,8 @@ MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``
 * **Ours**: GDAS search with the FLOPs term (Eq. 4, 7–8; hinge form, see ``LightConfig``), the
   most probable architecture within the budget = MeL's FLOPs (Eq. 9), retrained with distillation
   (profile encoder and head starting from θu's, ``LightConfig.init_from_teacher``);
-* ablations (``--ablations``, LSTM by default): Ours without distillation (δ = 0 in search and
-  retraining) and Ours without the FLOPs term (λ = 0 in search; the derivation still keeps the
+* ablations (``--ablations``, LSTM by default): Ours without distillation (δ = 0 in pre-training,
+  search and retraining, and no transfer set, whose labels are θu's) and Ours without the FLOPs term (λ = 0 in search; the derivation still keeps the
   budget).
 
 SinH and MeH AUCs come from ``bench/results/meta.csv`` (same split seed). Writes
@@ -94,7 +94,8 @@ def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig,
                 f"latency_heavy_{enc}_ms": measure_latency(teacher.cpu(), one, repeats=cfg.latency_repeats)["p50_ms"]}
     if phase == "ablation":
         abl = pretrained_ablations or {}
-        nod = run_ours(teacher, transforms, data, scen, model_cfg, dataclasses.replace(cfg, delta=0.0),
+        # no distillation anywhere: δ = 0 and no transfer set (its labels are θu's probabilities)
+        nod = run_ours(teacher, transforms, data, scen, model_cfg, dataclasses.replace(cfg, delta=0.0, transfer_rows=0),
                        pretrained=abl.get("nodistill"))
         nof = run_ours(teacher, transforms, data, scen, model_cfg,
                        dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, lambda_flops=0.0)),

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     teacher, tf, info = load_model_dir(f"runs/bench-meta/lstm/meh/models/{scen}")
     mc = HeavyConfig.from_dict(info["config"])
     base = LightConfig(search=SearchConfig(epochs=5, flops_penalty="linear"), train=TrainConfig(epochs=5),
-                       mel_encoder="lstm", latency_repeats=5)
+                       mel_encoder="lstm", latency_repeats=5, pretrain_epochs=0, transfer_rows=0)
     t = time.time()
     mel = run_mel(teacher, tf, data, scen, mc, base)
     print("MeL", round(mel.auc, 4), mel.flops, round(time.time() - t), flush=True)

@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
                        train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5,
-                       min_steps=args.min_steps)
+                       min_steps=args.min_steps, pretrain_epochs=0)
     pretrained = None
     if "OursP" in args.strategies.split(","):
         from longtail.nas.pretrain import pretrained_supernet, theta0_dir
 
-        pcfg = dataclasses.replace(base, pretrain_epochs=args.pretrain_epochs, pretrain_rows=args.pretrain_rows)
-        pretrained, path = pretrained_supernet(theta0_dir(f"runs/bench-meta/{args.encoder}/meh"), data, pcfg,
+        base = dataclasses.replace(base, pretrain_epochs=args.pretrain_epochs, pretrain_rows=args.pretrain_rows)
+        pretrained, path = pretrained_supernet(theta0_dir(f"runs/bench-meta/{args.encoder}/meh"), data, base,
                                                "runs/nas-pretrain", log=lambda m: print(m, flush=True))
         print(f"pre-trained supernet: {path}", flush=True)
     rows = []
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif strategy == "OursP":
                     r = run_ours(teacher, tf, data, scen, mc, cfg, pretrained=pretrained)
                 else:  # OursS: Ours retrained from the supernet's weights (LightConfig.from_supernet)
-                    r = run_ours(teacher, tf, data, scen, mc, dataclasses.replace(cfg, from_supernet=strategy == "OursS"))
+                    r = run_ours(teacher, tf, data, scen, mc, dataclasses.replace(
+                        cfg, from_supernet=strategy == "OursS", pretrain_epochs=0))
                 rows.append({"scenario": scen, "transfer_rows": n, "strategy": strategy, "auc": r.auc,
                              "flops": r.flops, "meh": meta.loc[scen, f"MeH_{args.encoder}"],
                              "seconds": time.perf_counter() - t})

@@ -36,7 +36,7 @@ TEACHER = HeavyConfig(encoder="lstm", num_layers=4, hidden_size=6, num_heads=2, 
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=0, max_steps=4)
 LIGHT = LightConfig(space=SearchSpace(num_layers=3, hidden_size=6, num_heads=2),
                     search=SearchConfig(batch_size=128, max_steps=3, epochs=1), train=TINY_TRAIN,
-                    latency_repeats=3)
+                    latency_repeats=3, pretrain_epochs=0, transfer_rows=0)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_light_folders_load_through_the_generic_loader_and_the_registry(results,
 
 def test_too_small_budget_raises_before_searching(setup):
     data, scen, teacher = setup
-    cfg = LightConfig(space=LIGHT.space, search=LIGHT.search, train=TINY_TRAIN, budget_fraction_of_mel=1e-4)
+    cfg = dataclasses.replace(LIGHT, budget_fraction_of_mel=1e-4)
     mel_flops, budget = mel_budget(teacher.transforms.schema, TEACHER, cfg)
     with pytest.raises(InfeasibleBudgetError, match="budget_fraction_of_mel") as err:
         run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)

@@ -37,8 +37,9 @@ def _meta() -> MetaConfig:
 
 
 def _light() -> LightConfig:
+    # the transfer set is drawn from the initial scenarios' rows (at most max_rows_per_scenario each)
     return LightConfig(train=TrainConfig(epochs=3, patience=1), search=SearchConfig(epochs=2), min_steps=60,
-                       latency_repeats=20)
+                       latency_repeats=20, transfer_rows=4096)
 
 
 @dataclass(frozen=True)
