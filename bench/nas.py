@@ -20,9 +20,11 @@ each phase file has the light settings it was made with beside it (``*.config.js
 with other settings into the same ``--work`` stops with an error instead of mixing results.
 Phases can run in separate processes (``--phases mel`` beside ``--phases ours``) to use two cores.
 
-``--pretrain-epochs N`` starts Ours (and its ablations, each with its own δ or λ) from a light
-supernet pre-trained on the pooled TRAIN rows with the MeH run's final θ0 as teacher
-(``longtail.nas.pretrain``), cached in ``<work>/<encoder>/pretrain/``.
+By default (``LightConfig``'s) Ours and its ablations (each with its own δ or λ) start from a light
+supernet pre-trained for 2 epochs on the pooled TRAIN rows with the MeH run's final θ0 as teacher
+(``longtail.nas.pretrain``, cached in ``<work>/<encoder>/pretrain/``) and train with a transfer set
+of 16,384 other carriers' rows labelled by θu; MeL is the paper's (no transfer set,
+``--mel-transfer-rows``). ``--pretrain-epochs 0 --transfer-rows 0`` gives the paper's Ours.
 
 Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
 """
@@ -55,12 +57,13 @@ from longtail.train import TrainConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0) -> LightConfig:
+def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0,
+                 pretrain_rows: int = 0) -> LightConfig:
     """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs."""
     train = TrainConfig(epochs=epochs, seed=seed)
     search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
     return LightConfig(search=search, train=train, mel_encoder=encoder, pretrain_epochs=pretrain_epochs,
-                       transfer_rows=transfer_rows)
+                       transfer_rows=transfer_rows, pretrain_rows=pretrain_rows)
 
 
 def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[dict | None, dict | None]:
@@ -148,11 +151,14 @@ def run(args: argparse.Namespace) -> None:
     # main results of every encoder first, then the ablations: a run cut short keeps the main table
     phases = [(enc, ph) for enc in args.encoders for ph in ("mel", "ours") if ph in args.phases]
     phases += [(enc, "ablation") for enc in args.ablations if "ablation" in args.phases]
+    if args.report_only:
+        phases = []
     for enc, phase in phases:
         work = Path(args.work) / enc
         work.mkdir(parents=True, exist_ok=True)
         done_file = work / PHASE_FILES[phase]
-        cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs, args.transfer_rows)
+        cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs,
+                           args.mel_transfer_rows if phase == "mel" else args.transfer_rows, args.pretrain_rows)
         check_settings(done_file, cfg, phase)
         done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]
@@ -251,6 +257,14 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
                   f"mean Ours − MeL = {(o - m).mean():+.4f}, mean Ours − MeH = {(o - h).mean():+.4f}; "
                   f"every Ours model within budget: {bool((sub[f'flops_ours_{enc}'] <= sub[f'flops_light_{enc}']).all())}.",
                   ""]
+        if f"Ours_nodistill_{enc}" in sub:  # the ablations may cover fewer carriers: compare on the same ones
+            a = sub[sub[f"Ours_nodistill_{enc}"].notna()]
+            lines += [f"Ablations ({len(a)} carriers: {', '.join(a['scenario'])}): on them mean Ours "
+                      f"{a[f'Ours_{enc}'].mean():.4f}, without distillation (δ = 0, no transfer set) "
+                      f"{a[f'Ours_nodistill_{enc}'].mean():.4f}, without the FLOPs term (λ = 0) "
+                      f"{a[f'Ours_noflops_{enc}'].mean():.4f} at {a[f'flops_ours_noflops_{enc}'].mean():,.0f} FLOPs "
+                      f"(Ours {a[f'flops_ours_{enc}'].mean():,.0f}); MeL {a[f'MeL_{enc}'].mean():.4f}, "
+                      f"MeH {a[f'MeH_{enc}'].mean():.4f}.", ""]
     atomic_write_text(RESULTS / f"{tag}.md", "\n".join(lines) + "\n")
     if encs:
         cols = [c for e in encs for c in (f"MeH_{e}", f"MeL_{e}", f"Ours_{e}")]
@@ -298,13 +312,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default=None, help="comma list of carriers (default: all, largest first)")
     p.add_argument("--phases", default="mel,ours,ablation", help="comma list of mel, ours, ablation (run one "
                    "phase per process to use several cores; results meet in the work folder)")
-    p.add_argument("--pretrain-epochs", type=int, default=0,
-                   help="epochs of the pooled pre-training of the light supernet (LightConfig.pretrain_epochs)")
-    p.add_argument("--transfer-rows", type=int, default=0, help="LightConfig.transfer_rows of MeL and Ours")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="epochs of the pooled pre-training of the light supernet (default LightConfig's, quick 1; "
+                        "0: Ours from scratch as in the paper)")
+    p.add_argument("--pretrain-rows", type=int, default=None, help="pooled TRAIN rows of it (default all, quick 16384)")
+    p.add_argument("--transfer-rows", type=int, default=LightConfig().transfer_rows,
+                   help="transfer set of Ours (LightConfig.transfer_rows; 0: the paper)")
+    p.add_argument("--mel-transfer-rows", type=int, default=0, help="transfer set of MeL (default 0: the paper's MeL)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true", help="write the results of the work folder, run nothing")
     args = p.parse_args(argv)
     args.phases = args.phases.split(",")
     args.epochs = args.epochs or (1 if args.quick else 5)
+    if args.pretrain_epochs is None:
+        args.pretrain_epochs = 1 if args.quick else LightConfig().pretrain_epochs
+    if args.pretrain_rows is None:
+        args.pretrain_rows = 16384 if args.quick else 0
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")
     args.ablations = [a for a in args.ablations.split(",") if a]
     args.scenarios = args.scenarios.split(",") if args.scenarios else (["F9", "YV", "HA"] if args.quick else None)
