@@ -247,7 +247,9 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
                          + f" | {int(r[f'flops_heavy_{enc}']):,} | {int(r[f'flops_light_{enc}']):,} | "
                          f"{int(r[f'flops_ours_{enc}']):,} | {r[f'latency_heavy_{enc}_ms']:.2f} | "
                          f"{r[f'latency_light_{enc}_ms']:.2f} | {r[f'latency_ours_{enc}_ms']:.2f} |")
-        lines.append(f"| **mean** ({len(sub)}) | | " + " | ".join(f"**{_f(sub[c].mean(), fmt[c])}**" for c in cols + abl)
+        # a column with a missing carrier (ablations cut short) has no mean over all: see the ablation line
+        lines.append(f"| **mean** ({len(sub)}) | | " + " | ".join(
+            f"**{_f(sub[c].mean(), fmt[c])}**" if sub[c].notna().all() else "—" for c in cols + abl)
                      + f" | {sub[f'flops_heavy_{enc}'].mean():,.0f} | {sub[f'flops_light_{enc}'].mean():,.0f} | "
                      f"{sub[f'flops_ours_{enc}'].mean():,.0f} | {sub[f'latency_heavy_{enc}_ms'].mean():.2f} | "
                      f"{sub[f'latency_light_{enc}_ms'].mean():.2f} | {sub[f'latency_ours_{enc}_ms'].mean():.2f} |")
