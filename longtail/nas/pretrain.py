@@ -135,6 +135,7 @@ def pretrain_supernet(theta0: torch.nn.Module, transforms: FittedTransforms, dat
     if log:
         log(f"pre-training the light supernet on {len(train):,} pooled TRAIN rows ({len(valid):,} VALID), "
             f"{cfg.epochs} epochs")
+
     def progress(record: dict[str, Any], steps: int) -> None:
         if log and (record["step"] % max(1, steps // 10) == 0 or record["step"] == steps):
             log(f"pre-training step {record['step']}/{steps}: train loss {record['train_loss']:.4f}, "
