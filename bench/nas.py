@@ -44,14 +44,12 @@ import pandas as pd
 from report import auc_bars
 
 from longtail.config import config_to_dict
-from longtail.data.splits import TEST, TRAIN
+from longtail.data.splits import TRAIN
 from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
 from longtail.io import atomic_path, atomic_write_text
-from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
-from longtail.models.latency import measure_latency
 from longtail.nas import SearchConfig
-from longtail.nas.strategies import LightConfig, run_mel, run_ours
+from longtail.nas.strategies import LightConfig, heavy_costs, run_mel, run_ours
 from longtail.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,10 +89,9 @@ def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig,
     model_cfg = HeavyConfig.from_dict(info["config"])
     if phase == "mel":
         r = run_mel(teacher, transforms, data, scen, model_cfg, cfg)
-        one = transforms.transform(data.rows(TEST, [scen]).iloc[:1])
-        return {**row, f"MeL_{enc}": r.auc, f"flops_heavy_{enc}": count_flops(teacher)["total"],
-                f"flops_light_{enc}": r.flops, f"seconds_mel_{enc}": r.seconds, f"latency_light_{enc}_ms": r.latency_ms,
-                f"latency_heavy_{enc}_ms": measure_latency(teacher.cpu(), one, repeats=cfg.latency_repeats)["p50_ms"]}
+        heavy_flops, heavy_ms = heavy_costs(teacher, transforms, data, scen, cfg.latency_repeats)
+        return {**row, f"MeL_{enc}": r.auc, f"flops_heavy_{enc}": heavy_flops, f"latency_heavy_{enc}_ms": heavy_ms,
+                f"flops_light_{enc}": r.flops, f"seconds_mel_{enc}": r.seconds, f"latency_light_{enc}_ms": r.latency_ms}
     if phase == "ablation":
         abl = pretrained_ablations or {}
         # no distillation anywhere: δ = 0 and no transfer set (its labels are θu's probabilities)

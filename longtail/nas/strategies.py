@@ -51,7 +51,7 @@ from longtail.nas.space import Genotype, SearchSpace
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
 from longtail.train import TrainConfig, fit, resolve_device, torch_threads
 
-__all__ = ["LightConfig", "LightJobConfig", "LightResult", "load_light_model_dir", "mel_budget", "mel_config",
+__all__ = ["LightConfig", "LightJobConfig", "LightResult", "heavy_costs", "load_light_model_dir", "mel_budget", "mel_config",
            "run_light_for_scenarios", "run_light_job", "run_light_scenario", "run_mel", "run_ours", "scaled_for_rows",
            "transfer_batch"]
 
@@ -444,6 +444,13 @@ def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms
     return load_model_dir(path)
 
 
+def heavy_costs(teacher: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
+                repeats: int) -> tuple[int, float]:
+    """FLOPs per sample and median batch-1 CPU latency (ms) of the heavy model, on one TEST row of ``scenario``."""
+    one = transforms.transform(data.rows(TEST, [scenario]).iloc[:1])
+    return count_flops(teacher)["total"], measure_latency(teacher.cpu(), one, repeats=repeats)["p50_ms"]
+
+
 # ---------------------------------------------------------------------- runner
 def run_light_scenario(teacher_dir: str | Path, data: PreparedData, scenario: str, light_cfg: LightConfig,
                        out: str | Path | None = None, pretrained: dict[str, torch.Tensor] | None = None
@@ -466,11 +473,10 @@ def run_light_scenario(teacher_dir: str | Path, data: PreparedData, scenario: st
     model_cfg = HeavyConfig.from_dict(info["config"])
     mel = run_mel(teacher, transforms, data, scenario, model_cfg, light_cfg)
     ours = run_ours(teacher, transforms, data, scenario, model_cfg, light_cfg, out=out, pretrained=pretrained)
-    one = transforms.transform(data.rows(TEST, [scenario]).iloc[:1])
+    heavy_flops, heavy_ms = heavy_costs(teacher, transforms, data, scenario, light_cfg.latency_repeats)
     return {"scenario": scenario, "auc_mel": mel.auc, "auc_ours": ours.auc,
-            "flops_heavy": count_flops(teacher)["total"], "flops_light": mel.flops,
-            "flops_ours": ours.flops, "budget": ours.budget,
-            "latency_heavy_ms": measure_latency(teacher.cpu(), one, repeats=light_cfg.latency_repeats)["p50_ms"],
+            "flops_heavy": heavy_flops, "flops_light": mel.flops,
+            "flops_ours": ours.flops, "budget": ours.budget, "latency_heavy_ms": heavy_ms,
             "latency_light_ms": mel.latency_ms, "latency_ours_ms": ours.latency_ms,
             "seconds_mel": mel.seconds, "seconds_ours": ours.seconds, "genotypes": ours.genotypes}
 

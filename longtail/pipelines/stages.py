@@ -345,9 +345,7 @@ def onboard_one(cfg: PipelineConfig, scenario: str, *, tag: str = ONBOARD_TAG, l
 def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> dict[str, Any]:
     from longtail.meta.finetune import onboard_scenario, theta0_context
     from longtail.meta.server import Theta0Server
-    from longtail.models.flops import count_flops
-    from longtail.models.latency import measure_latency
-    from longtail.nas.strategies import run_mel, run_ours
+    from longtail.nas.strategies import heavy_costs, run_mel, run_ours
     from longtail.registry import lineage
 
     t0 = time.perf_counter()
@@ -378,11 +376,10 @@ def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> di
         _log(log, f"{scenario}: SinH reference (own heavy model, same settings as θ0)")
         sinh = train_heavy(data, [scenario], model_cfg, cfg.train, description=f"SinH {scenario}")
         sinh_auc = _first_auc(evaluate_heavy(sinh.model, sinh.transforms, data, [scenario]))
-    one = transforms.transform(data.rows(TEST, [scenario]).iloc[:1])
-    heavy_latency = measure_latency(teacher.cpu(), one, repeats=cfg.light.latency_repeats)["p50_ms"]
+    heavy_flops, heavy_latency = heavy_costs(teacher, transforms, data, scenario, cfg.light.latency_repeats)
     auc = {"theta0": res.metrics["test_auc_theta0"], "SinH": sinh_auc, "MeH": res.metrics["test_auc"],
            "MeL": _nan_none(mel.auc), "Ours": _nan_none(ours.auc)}
-    flops = {"heavy": count_flops(teacher)["total"], "MeL": mel.flops, "Ours": ours.flops, "budget": ours.budget}
+    flops = {"heavy": heavy_flops, "MeL": mel.flops, "Ours": ours.flops, "budget": ours.budget}
     latency = {"heavy": heavy_latency, "MeL": mel.latency_ms, "Ours": ours.latency_ms}
     reg = _registry(cfg)
     dataset = data.spec.name
