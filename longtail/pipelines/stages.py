@@ -219,7 +219,7 @@ def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict
     from longtail.registry import lineage
 
     root = _ws(cfg) / "theta0"
-    summary_path = _ws(cfg) / "theta0_init" / "summary.json"
+    summary_path = _theta0_summary_path(cfg)
     if (root / "ledger.json").exists() and summary_path.exists():
         _log(log, f"θ0 store exists in {root} (version {Theta0Server(root).current_version}); kept")
         return json.loads(summary_path.read_text())
@@ -255,8 +255,12 @@ def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict
     return summary
 
 
+def _theta0_summary_path(cfg: PipelineConfig) -> Path:
+    return _ws(cfg) / "theta0_init" / "summary.json"
+
+
 def _initial_scenarios(cfg: PipelineConfig) -> list[str]:
-    summary_path = _ws(cfg) / "theta0_init" / "summary.json"
+    summary_path = _theta0_summary_path(cfg)
     if not summary_path.exists():
         raise StageError(f"{summary_path}: no θ0 summary; run the bootstrap pipeline (build_theta0) first")
     return list(json.loads(summary_path.read_text())["scenarios"])
