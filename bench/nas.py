@@ -24,7 +24,9 @@ By default (``LightConfig``'s) Ours and its ablations (each with its own δ or �
 supernet pre-trained for 2 epochs on the pooled TRAIN rows with the MeH run's final θ0 as teacher
 (``longtail.nas.pretrain``, cached in ``<work>/<encoder>/pretrain/``) and train with a transfer set
 of 16,384 other carriers' rows labelled by θu; MeL is the paper's (no transfer set,
-``--mel-transfer-rows``). ``--pretrain-epochs 0 --transfer-rows 0`` gives the paper's Ours.
+``--mel-transfer-rows``); Ours' derived model is then fine-tuned for up to 15 epochs, early-stopped on
+VALID (``LightConfig.retrain_epochs``; MeL and the search keep ``--epochs``).
+``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0`` gives the paper's Ours.
 
 Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
 """
@@ -56,12 +58,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0,
-                 pretrain_rows: int = 0) -> LightConfig:
-    """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs."""
+                 pretrain_rows: int = 0, retrain_epochs: int = 0) -> LightConfig:
+    """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs.
+
+    ``retrain_epochs`` 0 retrains Ours for ``epochs`` (the paper)."""
     train = TrainConfig(epochs=epochs, seed=seed)
     search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
     return LightConfig(search=search, train=train, mel_encoder=encoder, pretrain_epochs=pretrain_epochs,
-                       transfer_rows=transfer_rows, pretrain_rows=pretrain_rows)
+                       transfer_rows=transfer_rows, pretrain_rows=pretrain_rows, retrain_epochs=retrain_epochs)
 
 
 def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[dict | None, dict | None]:
@@ -114,7 +118,7 @@ PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.
 
 # settings MeL does not read: its phase file stays valid when only they change
 NOT_MEL = ("space", "search", "budget_fraction_of_mel", "from_supernet", "pretrain_epochs", "pretrain_rows",
-           "pretrain_seed")
+           "pretrain_seed", "retrain_epochs")
 
 
 def check_settings(done_file: Path, cfg: LightConfig, phase: str) -> None:
@@ -155,7 +159,8 @@ def run(args: argparse.Namespace) -> None:
         work.mkdir(parents=True, exist_ok=True)
         done_file = work / PHASE_FILES[phase]
         cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs,
-                           args.mel_transfer_rows if phase == "mel" else args.transfer_rows, args.pretrain_rows)
+                           args.mel_transfer_rows if phase == "mel" else args.transfer_rows, args.pretrain_rows,
+                           args.retrain_epochs)
         check_settings(done_file, cfg, phase)
         done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]
@@ -210,7 +215,8 @@ def phase_settings(folder: Path) -> list[str]:
         parts = [f"train epochs {c['train']['epochs']}", f"min_steps {c['min_steps']}", f"δ {c['delta']}",
                  f"transfer_rows {c['transfer_rows']}"]
         if "search" in c:
-            parts[1:1] = [f"search epochs {c['search']['epochs']}", f"pretrain_epochs {c['pretrain_epochs']}"]
+            parts[1:1] = [f"search epochs {c['search']['epochs']}", f"pretrain_epochs {c['pretrain_epochs']}",
+                          f"retrain_epochs {c.get('retrain_epochs', 0) or c['train']['epochs']}"]
         out.append(f"* {phase}: " + ", ".join(parts))
     return out
 
@@ -317,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-rows", type=int, default=None, help="pooled TRAIN rows of it (default all, quick 16384)")
     p.add_argument("--transfer-rows", type=int, default=LightConfig().transfer_rows,
                    help="transfer set of Ours (LightConfig.transfer_rows; 0: the paper)")
+    p.add_argument("--retrain-epochs", type=int, default=None,
+                   help="most epochs of Ours' retraining, early-stopped on VALID (default LightConfig's, quick: "
+                        "--epochs; 0: --epochs, the paper)")
     p.add_argument("--mel-transfer-rows", type=int, default=0, help="transfer set of MeL (default 0: the paper's MeL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true", help="write the results of the work folder, run nothing")
@@ -325,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args.epochs = args.epochs or (1 if args.quick else 5)
     if args.pretrain_epochs is None:
         args.pretrain_epochs = 1 if args.quick else LightConfig().pretrain_epochs
+    if args.retrain_epochs is None:
+        args.retrain_epochs = 0 if args.quick else LightConfig().retrain_epochs
     if args.pretrain_rows is None:
         args.pretrain_rows = 16384 if args.quick else 0
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")

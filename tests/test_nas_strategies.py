@@ -36,7 +36,7 @@ TEACHER = HeavyConfig(encoder="lstm", num_layers=4, hidden_size=6, num_heads=2, 
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=0, max_steps=4)
 LIGHT = LightConfig(space=SearchSpace(num_layers=3, hidden_size=6, num_heads=2),
                     search=SearchConfig(batch_size=128, max_steps=3, epochs=1), train=TINY_TRAIN,
-                    latency_repeats=3, pretrain_epochs=0, transfer_rows=0)
+                    latency_repeats=3, pretrain_epochs=0, transfer_rows=0, retrain_epochs=0)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,18 @@ def test_small_scenarios_get_at_least_min_steps(rows, k):
     assert (train.epochs, train.patience, srch.epochs) == (5 * k, 2 * k, 5 * k)
     same = scaled_for_rows(LightConfig(min_steps=0), rows)
     assert same[0].epochs == LightConfig().train.epochs
+
+
+@pytest.mark.parametrize(("retrain", "rows", "epochs", "patience", "search_epochs"),
+                         [(0, 491, 100, 40, 100), (15, 491, 15 * 7, 2 * 7, 100), (15, 51200, 15, 2, 5)])
+def test_retraining_of_ours_has_its_own_epochs(retrain, rows, epochs, patience, search_epochs):
+    from longtail.nas.strategies import scaled_for_rows
+
+    cfg = LightConfig(train=TrainConfig(epochs=5, batch_size=512, patience=2), search=SearchConfig(epochs=5),
+                      min_steps=100, retrain_epochs=retrain)
+    train, srch = scaled_for_rows(cfg, rows, retrain=True)
+    assert (train.epochs, train.patience, srch.epochs) == (epochs, patience, search_epochs)
+    assert scaled_for_rows(cfg, rows)[0].epochs == search_epochs  # MeL keeps train.epochs, scaled as the search
 
 
 def test_cli_nas_light_runs_a_meh_folder_and_publishes_ours(setup, synthetic_tables, tmp_path):
