@@ -221,6 +221,15 @@ def phase_settings(folder: Path) -> list[str]:
     return out
 
 
+def stamp_difference(folder: Path, phase: str, other: str) -> list[str]:
+    """The light settings in which two phases' stamps differ (empty when either is missing)."""
+    a, b = ((folder / PHASE_FILES[p]).with_suffix(".config.json") for p in (phase, other))
+    if not (a.exists() and b.exists()):
+        return []
+    x, y = json.loads(a.read_text()), json.loads(b.read_text())
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
 def _f(v, fmt: str = ".4f") -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
@@ -264,6 +273,10 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
                   ""]
         if f"Ours_nodistill_{enc}" in sub:  # the ablations may cover fewer carriers: compare on the same ones
             a = sub[sub[f"Ours_nodistill_{enc}"].notna()]
+            differ = stamp_difference(Path(args.work) / enc, "ablation", "ours")
+            if differ:
+                lines += [f"The ablations were run with other settings than the Ours column (differ in {differ}; "
+                          "see the settings above): compare them with each other, not with this Ours.", ""]
             lines += [f"Ablations ({len(a)} carriers: {', '.join(a['scenario'])}): on them mean Ours "
                       f"{a[f'Ours_{enc}'].mean():.4f}, without distillation (δ = 0, no transfer set) "
                       f"{a[f'Ours_nodistill_{enc}'].mean():.4f}, without the FLOPs term (λ = 0) "
