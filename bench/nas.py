@@ -121,6 +121,11 @@ NOT_MEL = ("space", "search", "budget_fraction_of_mel", "from_supernet", "pretra
            "pretrain_seed", "retrain_epochs")
 
 
+def differing_keys(x: dict, y: dict) -> list[str]:
+    """The settings (top-level keys) in which two stamps differ, sorted."""
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
 def check_settings(done_file: Path, cfg: LightConfig, phase: str) -> None:
     """Record the settings of a phase file, or refuse to add to one made with other settings."""
     stamp = done_file.with_suffix(".config.json")
@@ -130,7 +135,7 @@ def check_settings(done_file: Path, cfg: LightConfig, phase: str) -> None:
     if stamp.exists():
         theirs = json.loads(stamp.read_text())
         if theirs != mine:
-            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            changed = differing_keys(mine, theirs)
             raise SystemExit(f"{done_file} was made with other light settings (differ in {changed}); "
                              f"pass another --work for these settings or delete {done_file.parent}")
     else:
@@ -226,8 +231,7 @@ def stamp_difference(folder: Path, phase: str, other: str) -> list[str]:
     a, b = ((folder / PHASE_FILES[p]).with_suffix(".config.json") for p in (phase, other))
     if not (a.exists() and b.exists()):
         return []
-    x, y = json.loads(a.read_text()), json.loads(b.read_text())
-    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+    return differing_keys(json.loads(a.read_text()), json.loads(b.read_text()))
 
 
 def _f(v, fmt: str = ".4f") -> str:
