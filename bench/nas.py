@@ -25,8 +25,9 @@ supernet pre-trained for 2 epochs on the pooled TRAIN rows with the MeH run's fi
 (``longtail.nas.pretrain``, cached in ``<work>/<encoder>/pretrain/``) and train with a transfer set
 of 16,384 other carriers' rows labelled by θu; MeL is the paper's (no transfer set,
 ``--mel-transfer-rows``); Ours' derived model is then fine-tuned for up to 15 epochs, early-stopped on
-VALID (``LightConfig.retrain_epochs``; MeL and the search keep ``--epochs``).
-``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0`` gives the paper's Ours.
+VALID (``LightConfig.retrain_epochs``; MeL and the search keep ``--epochs``), keeping the epoch
+with the lowest distillation loss against θu on VALID rows (``LightConfig.select_on``).
+``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0 --select-on auc`` gives the paper's Ours.
 
 Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
 """
@@ -58,14 +59,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0,
-                 pretrain_rows: int = 0, retrain_epochs: int = 0) -> LightConfig:
+                 pretrain_rows: int = 0, retrain_epochs: int = 0, select_on: str = "auc") -> LightConfig:
     """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs.
 
-    ``retrain_epochs`` 0 retrains Ours for ``epochs`` (the paper)."""
+    ``retrain_epochs`` 0 retrains Ours for ``epochs`` and ``select_on="auc"`` keeps its epoch of
+    best VALID AUC (the paper)."""
     train = TrainConfig(epochs=epochs, seed=seed)
     search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
     return LightConfig(search=search, train=train, mel_encoder=encoder, pretrain_epochs=pretrain_epochs,
-                       transfer_rows=transfer_rows, pretrain_rows=pretrain_rows, retrain_epochs=retrain_epochs)
+                       transfer_rows=transfer_rows, pretrain_rows=pretrain_rows, retrain_epochs=retrain_epochs,
+                       select_on=select_on)
 
 
 def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[dict | None, dict | None]:
@@ -118,7 +121,7 @@ PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.
 
 # settings MeL does not read: its phase file stays valid when only they change
 NOT_MEL = ("space", "search", "budget_fraction_of_mel", "from_supernet", "pretrain_epochs", "pretrain_rows",
-           "pretrain_seed", "retrain_epochs")
+           "pretrain_seed", "retrain_epochs", "select_on")
 
 
 def differing_keys(x: dict, y: dict) -> list[str]:
@@ -165,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
         done_file = work / PHASE_FILES[phase]
         cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs,
                            args.mel_transfer_rows if phase == "mel" else args.transfer_rows, args.pretrain_rows,
-                           args.retrain_epochs)
+                           args.retrain_epochs, args.select_on)
         check_settings(done_file, cfg, phase)
         done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]
@@ -221,7 +224,8 @@ def phase_settings(folder: Path) -> list[str]:
                  f"transfer_rows {c['transfer_rows']}"]
         if "search" in c:
             parts[1:1] = [f"search epochs {c['search']['epochs']}", f"pretrain_epochs {c['pretrain_epochs']}",
-                          f"retrain_epochs {c.get('retrain_epochs', 0) or c['train']['epochs']}"]
+                          f"retrain_epochs {c.get('retrain_epochs', 0) or c['train']['epochs']}",
+                          f"select_on {c.get('select_on', 'auc')}"]
         out.append(f"* {phase}: " + ", ".join(parts))
     return out
 
@@ -343,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain-epochs", type=int, default=None,
                    help="most epochs of Ours' retraining, early-stopped on VALID (default LightConfig's, quick: "
                         "--epochs; 0: --epochs, the paper)")
+    p.add_argument("--select-on", default=LightConfig().select_on, choices=["auc", "distill"],
+                   help="what keeps Ours' fine-tuning epoch (LightConfig.select_on; auc: the paper)")
     p.add_argument("--mel-transfer-rows", type=int, default=0, help="transfer set of MeL (default 0: the paper's MeL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true", help="write the results of the work folder, run nothing")

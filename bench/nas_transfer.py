@@ -16,14 +16,32 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
+from longtail.data.splits import TEST
 from longtail.experiment import DataConfig, load_model_dir, prepare
+from longtail.metrics import auc, predict_proba
+from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
-from longtail.nas import SearchConfig
-from longtail.nas.strategies import LightConfig, run_mel, run_ours
+from longtail.nas import SearchConfig, build_light_model, build_supernet_model, derive, inherit_weights
+from longtail.nas.strategies import LightConfig, mel_budget, run_mel, run_ours
 from longtail.train import TrainConfig
+
+
+def pretrained_only(teacher, transforms, data, scenario: str, model_cfg: HeavyConfig, cfg: LightConfig,
+                    pretrained: dict) -> SimpleNamespace:
+    """Test AUC and FLOPs of the model derived (within the MeL budget) from the pooled pre-trained
+    supernet, with its weights and no search or training on the carrier."""
+    _, budget = mel_budget(transforms.schema, model_cfg, cfg)
+    supernet = build_supernet_model(transforms.schema, model_cfg, cfg.space)
+    supernet.load_state_dict(pretrained)
+    model = build_light_model(transforms.schema, model_cfg, derive(supernet, budget).genotypes)
+    inherit_weights(model, supernet)
+    test = data.rows(TEST, [scenario])
+    a = auc(test[data.spec.label].to_numpy(), predict_proba(model, transforms.transform(test)))
+    return SimpleNamespace(auc=float("nan") if a is None else float(a), flops=count_flops(model)["total"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,18 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-epochs", type=int, help="epochs of the supernet search (default: --epochs)")
     p.add_argument("--strategies", default="MeL,Ours",
                    help="MeL, Ours, OursS (Ours retrained from the supernet), OursP (Ours from the pooled "
-                        "pre-trained supernet, --pretrain-epochs)")
+                        "pre-trained supernet, --pretrain-epochs), Pre (the pre-trained supernet's own "
+                        "derived model, no search or training on the carrier: what the carrier starts from)")
     p.add_argument("--pretrain-epochs", type=int, default=2, help="epochs of the pooled pre-training (OursP)")
     p.add_argument("--pretrain-rows", type=int, default=0, help="pooled TRAIN rows of the pre-training (0: all)")
     p.add_argument("--min-steps", type=int, default=LightConfig().min_steps, help="LightConfig.min_steps")
+    p.add_argument("--select-on", default="auc", choices=["auc", "distill"], help="LightConfig.select_on")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
                        train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5,
-                       min_steps=args.min_steps, pretrain_epochs=0)
+                       min_steps=args.min_steps, pretrain_epochs=0, select_on=args.select_on)
     pretrained = None
-    if "OursP" in args.strategies.split(","):
+    if {"OursP", "Pre"} & set(args.strategies.split(",")):
         from longtail.nas.pretrain import pretrained_supernet, theta0_dir
 
         base = dataclasses.replace(base, pretrain_epochs=args.pretrain_epochs, pretrain_rows=args.pretrain_rows)
@@ -64,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 if strategy == "MeL":
                     r = run_mel(teacher, tf, data, scen, mc, cfg)
+                elif strategy == "Pre":
+                    r = pretrained_only(teacher, tf, data, scen, mc, cfg, pretrained)
                 elif strategy == "OursP":
                     r = run_ours(teacher, tf, data, scen, mc, cfg, pretrained=pretrained)
                 else:  # OursS: Ours retrained from the supernet's weights (LightConfig.from_supernet)

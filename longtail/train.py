@@ -97,6 +97,7 @@ def fit(
     show_progress: bool = False,
     description: str = "train",
     score_initial: bool = False,
+    valid_score: Callable[[torch.nn.Module, Batch], float | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and leave it at its best validation epoch.
 
@@ -112,6 +113,10 @@ def fit(
         score_initial: score the starting weights on ``valid`` before the first epoch (recorded
             as epoch 0) and keep them when no epoch beats them: fine-tuning a pre-trained model
             on a few rows then never returns a model worse on VALID than the one it started from.
+        valid_score: ``valid_score(model, valid)``, the score (higher is better; ``None`` when
+            undefined) that picks the kept epoch and drives early stopping instead of the AUC of
+            ``valid.label``. Each epoch's record keeps ``valid_auc`` and adds ``valid_score``;
+            ``best_valid_auc`` is then the AUC of the kept epoch.
 
     Returns:
         The `TrainResult` (best validation AUC, epochs, steps, history).
@@ -140,14 +145,15 @@ def fit(
         model.load_state_dict(best_state)
         return _result(state, resumed_from)
     if score_initial and resumed_from is None and valid is not None and len(valid):
-        start_auc = auc(valid.label.numpy(), predict_proba(model, valid, device=device))
-        if start_auc is not None:
-            state.update(best_auc=start_auc, best_epoch=0)
-            state["history"].append({"epoch": 0, "train_loss": None, "steps": 0, "valid_auc": start_auc})
+        record = {"epoch": 0, "train_loss": None, "steps": 0, **_score(model, valid, device, valid_score)}
+        start = record.get("valid_score", record["valid_auc"])
+        if start is not None:
+            state.update(best_auc=start, best_epoch=0)
+            state["history"].append(record)
 
     with torch_threads(cfg.threads):
         return _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resumed_from, ckpt_path,
-                           loss_fn, on_epoch, show_progress, description)
+                           loss_fn, on_epoch, show_progress, description, valid_score)
 
 
 @contextmanager
@@ -162,8 +168,19 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def _score(model, valid: Batch, device, valid_score) -> dict[str, float | None]:
+    """``valid_auc`` of the model on ``valid`` and, with a scorer, its ``valid_score``."""
+    out: dict[str, float | None] = {"valid_auc": auc(valid.label.numpy(), predict_proba(model, valid, device=device))}
+    if valid_score is not None:
+        model.eval()
+        with torch.no_grad():
+            value = valid_score(model, valid)
+        out["valid_score"] = None if value is None else float(value)
+    return out
+
+
 def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resumed_from, ckpt_path, loss_fn,
-                on_epoch, show_progress, description) -> TrainResult:
+                on_epoch, show_progress, description, valid_score=None) -> TrainResult:
     n = len(train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     progress = _progress(show_progress)
@@ -194,11 +211,11 @@ def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resume
                 if cfg.max_steps and state["steps"] >= cfg.max_steps:
                     break
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "steps": state["steps"]}
-            valid_auc = None
+            record["valid_auc"] = None
             if valid is not None and len(valid):
-                valid_auc = auc(valid.label.numpy(), predict_proba(model, valid, device=device))
-            record["valid_auc"] = valid_auc
-            score = valid_auc if valid_auc is not None else -record["train_loss"]
+                record.update(_score(model, valid, device, valid_score))
+            score = record.get("valid_score", record["valid_auc"])
+            score = score if score is not None else -record["train_loss"]
             if score > state["best_auc"]:
                 state.update(best_auc=score, best_epoch=epoch + 1, bad_epochs=0)
                 best_state = copy.deepcopy(model.state_dict())
@@ -226,10 +243,10 @@ def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resume
 
 
 def _result(state: dict[str, Any], resumed_from: int | None) -> TrainResult:
-    best = state["best_auc"]
-    has_auc = any(h.get("valid_auc") is not None for h in state["history"])
+    # the AUC of the kept epoch (the best score is that AUC unless fit had a valid_score)
+    best = next((h.get("valid_auc") for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
     return TrainResult(
-        best_valid_auc=float(best) if has_auc and best != -math.inf else None,
+        best_valid_auc=float(best) if best is not None else None,
         best_epoch=int(state["best_epoch"]),
         epochs_run=int(state["epoch"]),
         steps=int(state["steps"]),

@@ -237,6 +237,44 @@ def test_strategies_train_on_the_transfer_set_and_stay_within_budget(setup):
     assert 0 < ours.flops <= ours.budget == mel.flops
     assert math.isfinite(mel.auc) and math.isfinite(ours.auc)
 
+def test_ours_can_keep_the_epoch_with_the_best_distillation_loss(setup, monkeypatch):
+    """select_on="distill": the kept epoch is scored by Eq. 5 against θu on VALID rows (own and others')."""
+    from longtail.data.tensors import Batch
+    from longtail.nas import strategies
+    from longtail.nas.distill import distill_loss, teacher_logits
+    from longtail.nas.strategies import transfer_batch
+
+    data, scen, teacher = setup
+    scored, results = [], []
+    real = strategies.train_light
+
+    def spy(*a, **k):
+        scored.append(k["valid_score"])
+        out = real(*a, **k)
+        results.append(out[1])
+        return out
+
+    monkeypatch.setattr(strategies, "train_light", spy)
+    cfg = dataclasses.replace(LIGHT, transfer_rows=200, select_on="distill",
+                              train=dataclasses.replace(TINY_TRAIN, epochs=3, max_steps=0, patience=3))
+    ours = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)
+    (score,), (result,) = scored, results
+    assert ours.flops <= ours.budget and math.isfinite(ours.auc)
+    history = [h["valid_score"] for h in result.history]
+    assert len(history) == result.epochs_run > 1 and result.best_epoch == 1 + history.index(max(history))
+    # the score is minus Eq. 5 on the scenario's VALID rows and 50 other VALID rows labelled by θu
+    own = teacher.transforms.transform(data.rows(VALID, [scen]))
+    others = transfer_batch(teacher.model, teacher.transforms, data, scen, 50, 0, split=VALID)
+    assert len(others) == 50 and (others.scenario != own.scenario[0]).all()
+    rows = Batch.concat([own, others])
+    expected = distill_loss(teacher_logits(ours.model, rows), teacher_logits(teacher.model, rows), rows.label)
+    assert score(ours.model, own) == pytest.approx(-float(expected), rel=1e-5)
+    run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, dataclasses.replace(LIGHT, select_on="auc"))
+    assert scored[-1] is None  # fit's own AUC of VALID (the paper)
+    with pytest.raises(ValueError, match="light.select_on is 'loss'; use 'auc' or 'distill'"):
+        run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, dataclasses.replace(LIGHT, select_on="loss"))
+
+
 # ---------------------------------------------------------------------- pooled pre-training (longtail.nas.pretrain)
 PRE = dataclasses.replace(LIGHT, pretrain_epochs=1)
 

@@ -94,6 +94,33 @@ def test_nan_loss_fails_loudly(data):
             loss_fn=lambda m, b: m(b).sum() * float("nan"))
 
 
+def test_valid_score_picks_the_kept_epoch_and_stops_early(data):
+    """A custom score decides which epoch is kept (here: the 2nd of 4, then two worse ones stop it)."""
+    from longtail.data.transforms import FittedTransforms
+    from longtail.models.heavy import build_model
+
+    tf = FittedTransforms.fit(data.spec, data.rows(TRAIN))
+    train, valid = tf.transform(data.rows(TRAIN)), tf.transform(data.rows(VALID))
+    scores = iter([0.1, 0.9, 0.5, 0.4, 0.3])
+    kept = {}
+
+    def score(model, batch):
+        assert batch is valid and not model.training
+        value = next(scores)
+        if value == 0.9:
+            kept["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return value
+
+    model = build_model(tf.schema, SMALL)
+    result = fit(model, train, valid, _cfg(epochs=5, patience=2), valid_score=score)
+    assert [h["valid_score"] for h in result.history] == [0.1, 0.9, 0.5, 0.4]
+    assert result.best_epoch == 2 and result.epochs_run == 4
+    # best_valid_auc stays an AUC: the kept epoch's, not its score
+    assert result.best_valid_auc == result.history[1]["valid_auc"] != 0.9
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, kept["state"][k]), k
+
+
 def test_device_auto_never_requires_cuda():
     assert resolve_device("auto").type in ("cpu", "cuda")
     if not torch.cuda.is_available():
