@@ -12,7 +12,11 @@ MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``
   search and retraining, and no transfer set, whose labels are θu's) and Ours without the FLOPs term (λ = 0 in search; the derivation still keeps the
   budget).
 
-SinH and MeH AUCs come from ``bench/results/meta.csv`` (same split seed). Writes
+SinH AUCs come from ``bench/results/meta.csv`` (same split seed); MeH is the test AUC of the θu
+teachers themselves (``<meta-work>/<encoder>/meh/per_scenario.csv``), so that Ours and MeL are
+compared with the models they were distilled from even when ``bench/meta.py`` was rerun since
+``meta.csv`` was written (falling back to ``meta.csv`` without that file). ``--keep bert`` keeps an
+encoder's columns and settings from the current result files when this run does not redo it. Writes
 ``bench/results/nas.{csv,md}``, ``nas_auc.png`` (AUC per carrier) and ``nas_flops.png`` (AUC vs
 FLOPs per carrier); ``--quick`` writes ``nas_quick.*``. Finished carriers are kept per phase in
 ``<work>/<encoder>/{mel,ours,ablations}.jsonl``, so an interrupted run resumes where it stopped;
@@ -157,6 +161,8 @@ def run(args: argparse.Namespace) -> None:
     scenarios = args.scenarios or sorted(data.scenarios, key=lambda s: -sizes[s])
     meta = RESULTS / "meta.csv"
     ref = pd.read_csv(meta).set_index("scenario") if meta.exists() else pd.DataFrame()
+    # read before this run writes its own result files over them
+    args.kept = {enc: previous_encoder(tag, enc) for enc in args.keep}
     # main results of every encoder first, then the ablations: a run cut short keeps the main table
     phases = [(enc, ph) for enc in args.encoders for ph in ("mel", "ours") if ph in args.phases]
     phases += [(enc, "ablation") for enc in args.ablations if "ablation" in args.phases]
@@ -192,12 +198,47 @@ def run(args: argparse.Namespace) -> None:
     write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
 
 
+def previous_encoder(tag: str, enc: str) -> tuple[pd.DataFrame, list[str]]:
+    """The columns and settings lines of ``enc`` in the current result files (``--keep``).
+
+    Raises:
+        SystemExit: the files hold no results of ``enc``.
+    """
+    csv, md = RESULTS / f"{tag}.csv", RESULTS / f"{tag}.md"
+    old = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
+    if f"Ours_{enc}" not in old or old[f"Ours_{enc}"].isna().all():
+        raise SystemExit(f"--keep {enc}: {csv} has no Ours_{enc} results to keep; run the {enc} phases instead")
+    cols = [c for c in old.columns if c.endswith(f"_{enc}") or f"_{enc}_" in c]
+    settings, section = [], False
+    for line in md.read_text().splitlines() if md.exists() else []:
+        if line.startswith("## heavy encoder: "):
+            section = line == f"## heavy encoder: {enc}"
+        elif section and line.startswith("* "):
+            # files written before select_on existed were made with the AUC of VALID (phase_settings' default)
+            settings.append(line if not line.startswith("* ours:") or "select_on" in line else line + ", select_on auc")
+    return old[["scenario", *cols]].set_index("scenario"), settings
+
+
+def teachers_meh(args: argparse.Namespace, enc: str) -> pd.Series | None:
+    """Test AUC per carrier of the θu teachers in ``--meta-work`` (their MeH run's ``per_scenario.csv``)."""
+    path = Path(args.meta_work) / enc / "meh" / "per_scenario.csv"
+    return pd.read_csv(path).set_index("scenario")["auc"] if path.exists() else None
+
+
 def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame({"scenario": scenarios, "n_train": [sizes[s] for s in scenarios]})
     for enc in ("lstm", "bert"):
+        if enc in args.kept:  # every column as the previous result files have it
+            old = args.kept[enc][0]
+            for col in old.columns:
+                table[col] = table["scenario"].map(old[col])
+            continue
         for strat in ("SinH", "MeH"):
             col = f"{strat}_{enc}"
             table[col] = table["scenario"].map(ref[col]) if col in ref else np.nan
+        meh = teachers_meh(args, enc)
+        if meh is not None:  # the teachers Ours and MeL were distilled from, rather than meta.csv's run
+            table[f"MeH_{enc}"] = table["scenario"].map(meh)
         rows: dict[str, dict] = {}
         for name in PHASE_FILES.values():
             for scen, extra in _rows(Path(args.work) / enc / name).items():
@@ -251,12 +292,19 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
     lines = [f"# MeH vs MeL vs Ours on {dataset} ({'quick' if args.quick else 'full'} run)", "",
              f"Command: `python bench/nas.py {' '.join(sys.argv[1:])}` — epochs {args.epochs} (search and training), "
              f"split seed {args.seed}; budget of Ours = FLOPs of MeL (pre-defined 3-layer light model); "
-             f"{platform.machine()} CPU; this run {total:.0f}s. SinH/MeH from `bench/results/meta.csv`.", ""]
+             f"{platform.machine()} CPU; this run {total:.0f}s. SinH from `bench/results/meta.csv`; MeH is the "
+             f"test AUC of the θu teachers (`{args.meta_work}/<encoder>/meh/per_scenario.csv`) where that file "
+             "exists, else `bench/results/meta.csv`'s.", ""]
     for enc in encs:
         cols = [f"SinH_{enc}", f"MeH_{enc}", f"MeL_{enc}", f"Ours_{enc}"]
         abl = [c for c in (f"Ours_nodistill_{enc}", f"Ours_noflops_{enc}", f"flops_ours_noflops_{enc}")
                if c in table]
-        lines += [f"## heavy encoder: {enc}", "", *phase_settings(Path(args.work) / enc), "",
+        if enc in args.kept:
+            settings = [f"Kept from the previous `bench/results/{tag}.md` (`--keep {enc}`: not rerun by this command; "
+                        "its SinH/MeH columns as they were there):", *args.kept[enc][1]]
+        else:
+            settings = phase_settings(Path(args.work) / enc)
+        lines += [f"## heavy encoder: {enc}", "", *settings, "",
                   "| scenario | n_train | " + " | ".join(cols + abl) + " | FLOPs heavy | FLOPs MeL | FLOPs Ours | "
                   "p50 ms heavy | p50 ms MeL | p50 ms Ours |",
                   "|---|---:|" + "---:|" * (len(cols) + len(abl) + 6)]
@@ -281,7 +329,7 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
                   ""]
         if f"Ours_nodistill_{enc}" in sub:  # the ablations may cover fewer carriers: compare on the same ones
             a = sub[sub[f"Ours_nodistill_{enc}"].notna()]
-            differ = stamp_difference(Path(args.work) / enc, "ablation", "ours")
+            differ = [] if enc in args.kept else stamp_difference(Path(args.work) / enc, "ablation", "ours")
             if differ:
                 lines += [f"The ablations were run with other settings than the Ours column (differ in {differ}; "
                           "see the settings above): compare them with each other, not with this Ours.", ""]
@@ -352,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mel-transfer-rows", type=int, default=0, help="transfer set of MeL (default 0: the paper's MeL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true", help="write the results of the work folder, run nothing")
+    p.add_argument("--keep", default="", help="comma list of encoders whose columns are kept from the current "
+                   "result files instead of read from --work (an encoder not rerun this time)")
     args = p.parse_args(argv)
     args.phases = args.phases.split(",")
     args.epochs = args.epochs or (1 if args.quick else 5)
@@ -363,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         args.pretrain_rows = 16384 if args.quick else 0
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")
     args.ablations = [a for a in args.ablations.split(",") if a]
+    args.keep = [k for k in args.keep.split(",") if k]
+    if set(args.keep) & set(args.encoders):
+        raise SystemExit(f"--keep {','.join(args.keep)}: an encoder is either kept or run; drop it from --encoders")
     args.scenarios = args.scenarios.split(",") if args.scenarios else (["F9", "YV", "HA"] if args.quick else None)
     if args.quick:
         args.work = str(Path(args.work).with_name(Path(args.work).name + "-quick"))
