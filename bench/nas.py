@@ -51,7 +51,7 @@ import pandas as pd
 from report import auc_bars
 
 from longtail.config import config_to_dict
-from longtail.data.splits import TRAIN
+from longtail.data.splits import TEST, TRAIN
 from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
 from longtail.io import atomic_path, atomic_write_text
 from longtail.models.heavy import HeavyConfig
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     data = prepare(DataConfig(tables=args.data, split_seed=args.seed))
     sizes = {s: len(data.rows(TRAIN, [s])) for s in data.scenarios}
+    args.n_test = {s: len(data.rows(TEST, [s])) for s in data.scenarios}
     scenarios = args.scenarios or sorted(data.scenarios, key=lambda s: -sizes[s])
     meta = RESULTS / "meta.csv"
     ref = pd.read_csv(meta).set_index("scenario") if meta.exists() else pd.DataFrame()
@@ -195,7 +196,54 @@ def run(args: argparse.Namespace) -> None:
                   + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("MeL", "Ours")))
                   + f" in {time.perf_counter() - s0:.0f}s", flush=True)
             write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
+    args.bootstrap = {enc: paired_bootstrap(args, data, enc, scenarios) for enc in ("lstm", "bert")
+                      if enc not in args.kept}
     write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
+
+
+def paired_bootstrap(args: argparse.Namespace, data, enc: str, scenarios: list[str], resamples: int = 1000,
+                     seed: int = 0) -> dict | None:
+    """How much of mean Ours − MeH is test-row noise: a paired, stratified bootstrap over carriers.
+
+    Each resample draws every carrier's test positives and negatives with replacement (so each
+    draw keeps both classes), scores Ours and its θu teacher on the same draw and averages the AUC
+    differences over the carriers. Uses the saved Ours models of ``--work`` and the θu folders of
+    ``--meta-work``; carriers without both are left out.
+
+    Returns:
+        ``{"carriers", "mean", "low", "high"}`` (2.5 and 97.5 percentiles), or ``None``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from longtail.metrics import predict_proba
+
+    rng = np.random.default_rng(seed)
+    diffs, used = [], []
+    for scen in scenarios:
+        dirs = (Path(args.work) / enc / "ours" / safe_name(scen) / "model",
+                Path(args.meta_work) / enc / "meh" / "models" / safe_name(scen))
+        if not all((d / "model.json").exists() for d in dirs):
+            continue
+        test = data.rows(TEST, [scen])
+        y = test[data.spec.label].to_numpy()
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        if not len(pos) or not len(neg):
+            continue
+        preds = []
+        for d in dirs:
+            model, transforms, _ = load_model_dir(d)
+            preds.append(predict_proba(model, transforms.transform(test)))
+        per = np.empty(resamples)
+        for b in range(resamples):
+            i = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+            per[b] = roc_auc_score(y[i], preds[0][i]) - roc_auc_score(y[i], preds[1][i])
+        diffs.append(per)
+        used.append(scen)
+    if not used:
+        return None
+    means = np.mean(diffs, axis=0)  # (resamples,) mean over carriers of each draw
+    return {"carriers": used, "mean": float(np.mean(means)), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5)), "resamples": resamples}
 
 
 def previous_encoder(tag: str, enc: str) -> tuple[pd.DataFrame, list[str]]:
@@ -226,7 +274,8 @@ def teachers_meh(args: argparse.Namespace, enc: str) -> pd.Series | None:
 
 
 def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd.DataFrame) -> pd.DataFrame:
-    table = pd.DataFrame({"scenario": scenarios, "n_train": [sizes[s] for s in scenarios]})
+    table = pd.DataFrame({"scenario": scenarios, "n_train": [sizes[s] for s in scenarios],
+                          "n_test": [args.n_test[s] for s in scenarios]})
     for enc in ("lstm", "bert"):
         if enc in args.kept:  # every column as the previous result files have it
             old = args.kept[enc][0]
@@ -326,7 +375,14 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
         lines += ["", f"Ours beats MeL on {int((o[both] > m[both]).sum())}/{int(both.sum())} carriers; "
                   f"mean Ours − MeL = {(o - m).mean():+.4f}, mean Ours − MeH = {(o - h).mean():+.4f}; "
                   f"every Ours model within budget: {bool((sub[f'flops_ours_{enc}'] <= sub[f'flops_light_{enc}']).all())}.",
-                  ""]
+                  "", f"Weighted by test rows (a carrier counts as much as its AUC can be trusted; "
+                  f"{sub.loc[sub['n_test'].idxmin(), 'scenario']} has {sub['n_test'].min()}), mean Ours − MeH = {np.average((o - h)[both], weights=sub['n_test'][both]):+.4f}, "
+                  f"Ours − MeL = {np.average((o - m)[both], weights=sub['n_test'][both]):+.4f}.", ""]
+        boot = getattr(args, "bootstrap", {}).get(enc)
+        if boot:
+            lines += [f"Paired bootstrap of the test rows ({boot['resamples']:,} stratified resamples of every carrier's "
+                      f"test rows, Ours and θu scored on the same draw; {len(boot['carriers'])} carriers): mean Ours − "
+                      f"MeH {boot['mean']:+.4f}, 95% interval [{boot['low']:+.4f}, {boot['high']:+.4f}].", ""]
         if f"Ours_nodistill_{enc}" in sub:  # the ablations may cover fewer carriers: compare on the same ones
             a = sub[sub[f"Ours_nodistill_{enc}"].notna()]
             differ = [] if enc in args.kept else stamp_difference(Path(args.work) / enc, "ablation", "ours")
