@@ -36,7 +36,7 @@ bench-baselines: $(STAMP)
 bench-meta: $(STAMP)
 	$(BIN)/python bench/meta.py $(if $(QUICK),--quick,)
 
-## MeH vs MeL vs Ours per carrier (θu teachers from bench-meta), FLOPs, latency, ablations (QUICK=1: 3 small carriers)
+## MeH vs MeL vs Ours per carrier (θu teachers from bench-meta, built first when missing), FLOPs, latency, ablations (QUICK=1: 3 small carriers)
 bench-nas: $(STAMP)
 	$(BIN)/python bench/nas.py $(if $(QUICK),--quick,)
 

@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> None:
         build_flights(data_dir)
     t0 = time.perf_counter()
     data = prepare(DataConfig(tables=str(data_dir), split_seed=args.seed))
-    train_cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    meta_cfg = MetaConfig(finetune=TrainConfig(epochs=args.epochs, patience=2, seed=args.seed), seed=args.seed)
+    train_cfg, meta_cfg = protocol(args.epochs, args.seed)
     table = pd.DataFrame({"scenario": data.scenarios})
     timings: dict[str, dict] = {}
     info: dict[str, dict] = {}
@@ -74,6 +73,21 @@ def run(args: argparse.Namespace) -> None:
         # results so far after every encoder, so a long run leaves its finished part behind
         done = argparse.Namespace(**{**vars(args), "encoders": kept + args.encoders[: args.encoders.index(enc) + 1]})
         write_results(table, timings, info, tag, done, time.perf_counter() - t0, data.spec.name)
+
+
+def protocol(epochs: int, seed: int) -> tuple[TrainConfig, MetaConfig]:
+    """Training of θ0 (and of SinH) and MeH's fine-tuning, as this benchmark runs them."""
+    return (TrainConfig(epochs=epochs, seed=seed),
+            MetaConfig(finetune=TrainConfig(epochs=epochs, patience=2, seed=seed), seed=seed))
+
+
+def build_teachers(data, enc: str, epochs: int, seed: int, work: str | Path, log=print):
+    """MeH alone for one encoder into ``<work>/<enc>/meh`` (θ0 and every θu), as ``run`` makes it.
+
+    ``bench/nas.py`` calls it when its θu teachers are missing, so that it runs on a fresh clone
+    without the SinH half of this benchmark."""
+    train_cfg, meta_cfg = protocol(epochs, seed)
+    return run_meh(data, ENCODERS[enc], train_cfg, meta_cfg, out=Path(work) / enc / "meh", log=log)
 
 
 def keep_previous(tag: str, table: pd.DataFrame, running: list[str]):

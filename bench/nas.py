@@ -1,7 +1,8 @@
 """MeH vs MeL vs Ours on the real flights data (paper Tables III–V), with ablations.
 
 For every carrier and each heavy encoder (LSTM, BERT), the scenario-specific heavy model θu of the
-MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``) is the teacher:
+MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``) is the teacher; when
+that run is missing, its MeH half is run first (``meta.build_teachers``: θ0 and every θu, no SinH):
 
 * **MeL**: the pre-defined light model (3-layer encoder of the teacher's kind, widths as the
   teacher's) trained with distillation from θu (Eq. 5);
@@ -169,6 +170,13 @@ def run(args: argparse.Namespace) -> None:
     phases += [(enc, "ablation") for enc in args.ablations if "ablation" in args.phases]
     if args.report_only:
         phases = []
+    for enc in dict.fromkeys(enc for enc, _ in phases):
+        if not (Path(args.meta_work) / enc / "meh" / "metrics.json").exists():  # written last by run_meh
+            from meta import build_teachers
+
+            print(f"{enc}: no θu teachers in {args.meta_work}/{enc}/meh; building them (MeH of bench/meta.py, "
+                  f"{args.epochs} epochs, without its SinH half)", flush=True)
+            build_teachers(data, enc, args.epochs, args.seed, args.meta_work)
     for enc, phase in phases:
         work = Path(args.work) / enc
         work.mkdir(parents=True, exist_ok=True)
@@ -185,7 +193,7 @@ def run(args: argparse.Namespace) -> None:
                 continue
             teacher_dir = Path(args.meta_work) / enc / "meh" / "models" / safe_name(scen)
             if not (teacher_dir / "model.json").exists():
-                print(f"{enc} {scen}: no θu at {teacher_dir}; run `make bench-meta` first — skipped", flush=True)
+                print(f"{enc} {scen}: no θu at {teacher_dir} (its MeH run has no such carrier) — skipped", flush=True)
                 continue
             s0 = time.perf_counter()
             row = run_scenario(scen, enc, data, teacher_dir, cfg, phase, work, pretrained, pretrained_abl)
@@ -475,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     args.scenarios = args.scenarios.split(",") if args.scenarios else (["F9", "YV", "HA"] if args.quick else None)
     if args.quick:
         args.work = str(Path(args.work).with_name(Path(args.work).name + "-quick"))
+        if not all((Path(args.meta_work) / e / "meh" / "metrics.json").exists() for e in args.encoders):
+            # teachers built for a quick run (1 epoch) never stand in for the full benchmark's
+            args.meta_work = str(Path(args.meta_work).with_name(Path(args.meta_work).name + "-quick"))
     run(args)
     return 0
 
