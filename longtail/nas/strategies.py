@@ -332,9 +332,9 @@ def _selection_score(teacher: nn.Module, transforms: FittedTransforms, data: Pre
     target = teacher_logits(teacher, rows)
 
     def score(model: nn.Module, _valid: Batch) -> float:
-        device = next(model.parameters()).device
-        loss = distill_loss(teacher_logits(model, rows.to(device)).cpu(), target, rows.label.float(),
-                            light_cfg.delta, light_cfg.temperature)
+        # teacher_logits scores any model in chunks on its own device and returns CPU logits
+        loss = distill_loss(teacher_logits(model, rows), target, rows.label.float(), light_cfg.delta,
+                            light_cfg.temperature)
         return -float(loss)
 
     return score
