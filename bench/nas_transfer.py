@@ -61,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-steps", type=int, default=LightConfig().min_steps, help="LightConfig.min_steps")
     p.add_argument("--select-on", default="auc", choices=["auc", "distill"], help="LightConfig.select_on")
     p.add_argument("--delta", type=float, default=LightConfig().delta, help="LightConfig.delta (Eq. 5's δ)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the carrier's training and of its transfer-row sample (train.seed and transfer_seed; "
+                        "the pooled pre-training keeps its own): how much of a carrier's AUC is chance")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
-                       train=TrainConfig(epochs=args.epochs), mel_encoder=args.encoder, latency_repeats=5,
+                       train=TrainConfig(epochs=args.epochs, seed=args.seed), transfer_seed=args.seed, mel_encoder=args.encoder, latency_repeats=5,
                        min_steps=args.min_steps, pretrain_epochs=0, select_on=args.select_on,
                        delta=args.delta)
     pretrained = None
