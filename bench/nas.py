@@ -31,8 +31,10 @@ supernet pre-trained for 2 epochs on the pooled TRAIN rows with the MeH run's fi
 of 16,384 other carriers' rows labelled by θu; MeL is the paper's (no transfer set,
 ``--mel-transfer-rows``); Ours' derived model is then fine-tuned for up to 15 epochs, early-stopped on
 VALID (``LightConfig.retrain_epochs``; MeL and the search keep ``--epochs``), keeping the epoch
-with the lowest distillation loss against θu on VALID rows (``LightConfig.select_on``).
-``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0 --select-on auc`` gives the paper's Ours.
+with the lowest distillation loss against θu on VALID rows (``LightConfig.select_on``); a carrier with
+fewer than 1,000 TRAIN rows runs Ours 3 times with shifted seeds and keeps the run that scores best
+on VALID (``LightConfig.restarts``, ``--restarts``).
+``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0 --select-on auc --restarts 1`` gives the paper's Ours.
 
 Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
 """
@@ -64,16 +66,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0,
-                 pretrain_rows: int = 0, retrain_epochs: int = 0, select_on: str = "auc") -> LightConfig:
+                 pretrain_rows: int = 0, retrain_epochs: int = 0, select_on: str = "auc",
+                 restarts: int = 1) -> LightConfig:
     """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs.
 
-    ``retrain_epochs`` 0 retrains Ours for ``epochs`` and ``select_on="auc"`` keeps its epoch of
-    best VALID AUC (the paper)."""
+    ``retrain_epochs`` 0 retrains Ours for ``epochs``, ``select_on="auc"`` keeps its epoch of
+    best VALID AUC and ``restarts`` 1 runs it once (the paper)."""
     train = TrainConfig(epochs=epochs, seed=seed)
     search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
     return LightConfig(search=search, train=train, mel_encoder=encoder, pretrain_epochs=pretrain_epochs,
                        transfer_rows=transfer_rows, pretrain_rows=pretrain_rows, retrain_epochs=retrain_epochs,
-                       select_on=select_on)
+                       select_on=select_on, restarts=restarts)
 
 
 def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[dict | None, dict | None]:
@@ -118,7 +121,8 @@ def run_scenario(scen: str, enc: str, data, teacher_dir: Path, cfg: LightConfig,
                  pretrained=pretrained)
     return {**row, f"Ours_{enc}": r.auc, f"flops_ours_{enc}": r.flops, f"budget_{enc}": r.budget,
             f"latency_ours_{enc}_ms": r.latency_ms, f"seconds_ours_{enc}": r.seconds,
-            f"genotypes_ours_{enc}": json.dumps(r.genotypes, sort_keys=True)}
+            f"genotypes_ours_{enc}": json.dumps(r.genotypes, sort_keys=True),
+            f"restarts_ours_{enc}": r.info["restarts"], f"restart_kept_ours_{enc}": r.info["restart_kept"]}
 
 
 PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.jsonl"}
@@ -126,7 +130,7 @@ PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.
 
 # settings MeL does not read: its phase file stays valid when only they change
 NOT_MEL = ("space", "search", "budget_fraction_of_mel", "from_supernet", "pretrain_epochs", "pretrain_rows",
-           "pretrain_seed", "retrain_epochs", "select_on")
+           "pretrain_seed", "retrain_epochs", "select_on", "restarts", "restart_below_rows")
 
 
 def differing_keys(x: dict, y: dict) -> list[str]:
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
         done_file = work / PHASE_FILES[phase]
         cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs,
                            args.mel_transfer_rows if phase == "mel" else args.transfer_rows, args.pretrain_rows,
-                           args.retrain_epochs, args.select_on)
+                           args.retrain_epochs, args.select_on, args.restarts)
         check_settings(done_file, cfg, phase)
         done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]
@@ -304,7 +308,7 @@ def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd
         for col in (f"MeL_{enc}", f"Ours_{enc}", f"flops_heavy_{enc}", f"flops_light_{enc}", f"flops_ours_{enc}",
                     f"latency_heavy_{enc}_ms", f"latency_light_{enc}_ms", f"latency_ours_{enc}_ms",
                     f"Ours_nodistill_{enc}", f"flops_ours_nodistill_{enc}", f"Ours_noflops_{enc}",
-                    f"flops_ours_noflops_{enc}"):
+                    f"flops_ours_noflops_{enc}", f"restarts_ours_{enc}", f"restart_kept_ours_{enc}"):
             if col in got:
                 table[col] = table["scenario"].map(got[col])
     return table
@@ -323,7 +327,8 @@ def phase_settings(folder: Path) -> list[str]:
         if "search" in c:
             parts[1:1] = [f"search epochs {c['search']['epochs']}", f"pretrain_epochs {c['pretrain_epochs']}",
                           f"retrain_epochs {c.get('retrain_epochs', 0) or c['train']['epochs']}",
-                          f"select_on {c.get('select_on', 'auc')}"]
+                          f"select_on {c.get('select_on', 'auc')}",
+                          f"restarts {c.get('restarts', 1)} below {c.get('restart_below_rows', 0):,} TRAIN rows"]
         out.append(f"* {phase}: " + ", ".join(parts))
     return out
 
@@ -344,7 +349,7 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
     table = collect(args, scenarios, sizes, ref)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with atomic_path(RESULTS / f"{tag}.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+        table.drop(columns=[c for c in table if c.startswith("restart")]).to_csv(tmp, index=False, float_format="%.4f")
     encs = [e for e in ("lstm", "bert") if f"Ours_{e}" in table and table[f"Ours_{e}"].notna().any()]
     lines = [f"# MeH vs MeL vs Ours on {dataset} ({'quick' if args.quick else 'full'} run)", "",
              f"Command: `python bench/nas.py {' '.join(sys.argv[1:])}` — epochs {args.epochs} (search and training), "
@@ -386,6 +391,12 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
                   "", f"Weighted by test rows (a carrier counts as much as its AUC can be trusted; "
                   f"{sub.loc[sub['n_test'].idxmin(), 'scenario']} has {sub['n_test'].min()}), mean Ours − MeH = {np.average((o - h)[both], weights=sub['n_test'][both]):+.4f}, "
                   f"Ours − MeL = {np.average((o - m)[both], weights=sub['n_test'][both]):+.4f}.", ""]
+        if f"restarts_ours_{enc}" in sub:
+            rs = sub[sub[f"restarts_ours_{enc}"].fillna(1) > 1]
+            if len(rs):
+                lines += ["Restarts (`LightConfig.restarts`): " + ", ".join(
+                    f"{r['scenario']} kept run {int(r[f'restart_kept_ours_{enc}'])} of {int(r[f'restarts_ours_{enc}'])}"
+                    for _, r in rs.iterrows()) + " (run 0 is the single run of `restarts: 1`).", ""]
         boot = getattr(args, "bootstrap", {}).get(enc)
         if boot:
             lines += [f"Paired bootstrap of the test rows ({boot['resamples']:,} stratified resamples of every carrier's "
@@ -461,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--epochs; 0: --epochs, the paper)")
     p.add_argument("--select-on", default=LightConfig().select_on, choices=["auc", "distill"],
                    help="what keeps Ours' fine-tuning epoch (LightConfig.select_on; auc: the paper)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="runs of Ours on a carrier with fewer than 1,000 TRAIN rows, the best on VALID kept "
+                        "(LightConfig.restarts; default LightConfig's, quick: 1; 1: the paper)")
     p.add_argument("--mel-transfer-rows", type=int, default=0, help="transfer set of MeL (default 0: the paper's MeL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true", help="write the results of the work folder, run nothing")
@@ -473,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         args.pretrain_epochs = 1 if args.quick else LightConfig().pretrain_epochs
     if args.retrain_epochs is None:
         args.retrain_epochs = 0 if args.quick else LightConfig().retrain_epochs
+    if args.restarts is None:
+        args.restarts = 1 if args.quick else LightConfig().restarts
     if args.pretrain_rows is None:
         args.pretrain_rows = 16384 if args.quick else 0
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")

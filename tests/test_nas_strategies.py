@@ -36,7 +36,7 @@ TEACHER = HeavyConfig(encoder="lstm", num_layers=4, hidden_size=6, num_heads=2, 
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=0, max_steps=4)
 LIGHT = LightConfig(space=SearchSpace(num_layers=3, hidden_size=6, num_heads=2),
                     search=SearchConfig(batch_size=128, max_steps=3, epochs=1), train=TINY_TRAIN,
-                    latency_repeats=3, pretrain_epochs=0, transfer_rows=0, retrain_epochs=0)
+                    latency_repeats=3, pretrain_epochs=0, transfer_rows=0, retrain_epochs=0, restarts=1)
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +273,44 @@ def test_ours_can_keep_the_epoch_with_the_best_distillation_loss(setup, monkeypa
     assert scored[-1] is None  # fit's own AUC of VALID (the paper)
     with pytest.raises(ValueError, match="light.select_on is 'loss'; use 'auc' or 'distill'"):
         run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, dataclasses.replace(LIGHT, select_on="loss"))
+
+
+def test_ours_restarts_keep_the_run_with_the_best_valid_score(setup, monkeypatch):
+    """restarts: a small scenario runs Ours several times with shifted seeds and keeps the best VALID score."""
+    from longtail.nas import strategies
+
+    data, scen, teacher = setup
+    calls = []
+    real = strategies.train_light
+
+    def spy(genotypes, schema, config, train, valid, teacher_model, train_cfg, **k):
+        out = real(genotypes, schema, config, train, valid, teacher_model, train_cfg, **k)
+        calls.append({"seed": train_cfg.seed, "rows": train, "score": k["valid_score"], "model": out[0]})
+        return out
+
+    monkeypatch.setattr(strategies, "train_light", spy)
+    n_train = len(data.rows(TRAIN, [scen]))
+    cfg = dataclasses.replace(LIGHT, transfer_rows=100, select_on="distill", restarts=3, restart_below_rows=n_train + 1)
+    ours = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, cfg)
+    assert [c["seed"] for c in calls] == [0, 1, 2]
+    own = teacher.transforms.transform(data.rows(VALID, [scen]))
+    # one scorer (the same VALID rows) for every run; each run has its own transfer sample, the same own rows
+    assert calls[0]["score"] is calls[1]["score"] is calls[2]["score"]
+    scores = [c["score"](c["model"], own) for c in calls]
+    assert ours.info["restarts"] == 3 and ours.info["restart_scores"] == pytest.approx(scores, rel=1e-6)
+    kept = scores.index(max(scores))
+    assert ours.info["restart_kept"] == kept and ours.model is calls[kept]["model"]
+    first, second = (c["rows"] for c in calls[:2])
+    assert torch.equal(first.label[:n_train], second.label[:n_train])
+    assert not torch.equal(first.profile_num[n_train:], second.profile_num[n_train:])
+    assert ours.flops <= ours.budget and math.isfinite(ours.auc)
+
+    calls.clear()  # a scenario with as many TRAIN rows as the bound runs once
+    once = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, dataclasses.replace(
+        cfg, restart_below_rows=n_train))
+    assert len(calls) == 1 and once.info["restarts"] == 1 and once.info["restart_scores"] == []
+    with pytest.raises(ValueError, match="light.restarts is 0"):
+        run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, dataclasses.replace(cfg, restarts=0))
 
 
 # ---------------------------------------------------------------------- pooled pre-training (longtail.nas.pretrain)

@@ -33,7 +33,7 @@ def tiny_config(tables: Path, workspace: Path, **changes) -> PipelineConfig:
         model=HeavyConfig(num_layers=1, hidden_size=6, intermediate_size=8, num_heads=2),
         train=TrainConfig(epochs=1), meta=MetaConfig(finetune=TrainConfig(epochs=1)),
         light=LightConfig(train=TrainConfig(epochs=1), search=SearchConfig(epochs=1), min_steps=0, latency_repeats=2,
-                          mel_layers=1, pretrain_epochs=0, transfer_rows=0, retrain_epochs=0))
+                          mel_layers=1, pretrain_epochs=0, transfer_rows=0, retrain_epochs=0, restarts=1))
     return cfg.replace(**changes)
 
 
