@@ -473,7 +473,6 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
     mel_flops, budget = mel_budget(schema, model_cfg, light_cfg)
     teacher_model.eval()
     selection = _selection_score(teacher_model, transforms, data, scenario, splits, light_cfg)
-    torch.manual_seed(light_cfg.search.seed)
     try:  # fail before spending the search: derivation is exact, so feasibility does not depend on it
         derive(build_supernet_model(schema, model_cfg, light_cfg.space), budget)
     except InfeasibleBudgetError as e:
@@ -490,8 +489,8 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
         run = _ours_once(teacher_model, transforms, data, scenario, splits, model_cfg, cfg_k, budget, selection,
                          pretrained)
         if runs > 1:  # the kept epoch's VALID score (higher is better); a run without one never wins
-            valid_auc = auc(splits.valid.label.numpy(), predict_proba(run.model, splits.valid))
-            score = selection(run.model, splits.valid) if selection is not None else valid_auc
+            score = (selection(run.model, splits.valid) if selection is not None
+                     else auc(splits.valid.label.numpy(), predict_proba(run.model, splits.valid)))
             run.score = -math.inf if score is None or not math.isfinite(score) else float(score)
             scores.append(run.score)
         if best is None or run.score > best.score:
