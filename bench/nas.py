@@ -328,7 +328,8 @@ def phase_settings(folder: Path) -> list[str]:
             parts[1:1] = [f"search epochs {c['search']['epochs']}", f"pretrain_epochs {c['pretrain_epochs']}",
                           f"retrain_epochs {c.get('retrain_epochs', 0) or c['train']['epochs']}",
                           f"select_on {c.get('select_on', 'auc')}",
-                          f"restarts {c.get('restarts', 1)} below {c.get('restart_below_rows', 0):,} TRAIN rows"]
+                          f"restarts {c.get('restarts', 1)}" + (f" below {c['restart_below_rows']:,} TRAIN rows"
+                                                                 if c.get("restarts", 1) > 1 else "")]
         out.append(f"* {phase}: " + ", ".join(parts))
     return out
 

@@ -64,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the carrier's training and of its transfer-row sample (train.seed and transfer_seed; "
                         "the pooled pre-training keeps its own): how much of a carrier's AUC is chance")
+    p.add_argument("--restarts", type=int, default=1,
+                   help="LightConfig.restarts (default 1: one run per carrier and seed, what --seed studies)")
     args = p.parse_args(argv)
     data = prepare(DataConfig(tables=args.data))
     meta = pd.read_csv(Path(__file__).resolve().parent / "results" / "meta.csv").set_index("scenario")
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
-                       train=TrainConfig(epochs=args.epochs, seed=args.seed), transfer_seed=args.seed, mel_encoder=args.encoder, latency_repeats=5,
-                       min_steps=args.min_steps, pretrain_epochs=0, select_on=args.select_on,
-                       delta=args.delta)
+                       train=TrainConfig(epochs=args.epochs, seed=args.seed), transfer_seed=args.seed,
+                       mel_encoder=args.encoder, latency_repeats=5, min_steps=args.min_steps, pretrain_epochs=0,
+                       select_on=args.select_on, delta=args.delta, restarts=args.restarts)
     pretrained = None
     if {"OursP", "Pre"} & set(args.strategies.split(",")):
         from longtail.nas.pretrain import pretrained_supernet, theta0_dir
