@@ -488,9 +488,9 @@ def run_ours(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepa
             train=dataclasses.replace(light_cfg.train, seed=light_cfg.train.seed + k))
         run = _ours_once(teacher_model, transforms, data, scenario, splits, model_cfg, cfg_k, budget, selection,
                          pretrained)
-        if runs > 1:  # the kept epoch's VALID score (higher is better); a run without one never wins
-            score = (selection(run.model, splits.valid) if selection is not None
-                     else auc(splits.valid.label.numpy(), predict_proba(run.model, splits.valid)))
+        if runs > 1:  # the kept epoch's VALID score as fit recorded it; a run without one never wins
+            kept = next((h for h in run.result.history if h["epoch"] == run.result.best_epoch), {})
+            score = kept["valid_score"] if "valid_score" in kept else kept.get("valid_auc")
             run.score = -math.inf if score is None or not math.isfinite(score) else float(score)
             scores.append(run.score)
         if best is None or run.score > best.score:
