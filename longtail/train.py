@@ -41,6 +41,14 @@ class TrainConfig:
     threads: CPU threads for torch while training (0 = torch's default). The paper's models are
         tiny (hidden size 15): one thread is several times faster than two contending ones, and
         parallelism comes from training scenarios in parallel processes instead.
+    lr_drops: when early stopping would stop (``patience`` epochs without a better validation
+        score), go back to the best epoch's weights and multiply the learning rate by
+        ``lr_drop_factor`` instead, up to this many times; the next stop is final. 0 (the
+        paper) stops at once. Needs validation rows, and stays within ``epochs``.
+    lr_drop_factor: the learning-rate factor of each drop, in (0, 1).
+
+    A field added here must default to the behaviour from before it existed: checkpoints and
+    result stamps written without it are read as having that default (``normalized_train_dict``).
     """
 
     epochs: int = 5
@@ -53,6 +61,25 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_grad_norm: float = 5.0
     threads: int = 1
+    lr_drops: int = 0
+    lr_drop_factor: float = 0.3
+
+    def __post_init__(self):
+        if self.lr_drops < 0:
+            raise ValueError(f"train.lr_drops is {self.lr_drops}; use 0 (stop at the first plateau) or more")
+        if not 0.0 < self.lr_drop_factor < 1.0:
+            raise ValueError(f"train.lr_drop_factor is {self.lr_drop_factor}; use a factor in (0, 1), e.g. 0.3")
+
+
+def normalized_train_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``TrainConfig`` dict with the fields added since it was written at their defaults.
+
+    Lets a checkpoint (or a result stamp) written before a field existed match the same settings
+    today; an unknown or ill-typed key raises ``ConfigError`` naming it.
+    """
+    from longtail.config import config_from_dict
+
+    return config_to_dict(config_from_dict(TrainConfig, dict(d), "train"))
 
 
 class CheckpointMismatch(RuntimeError):
@@ -126,13 +153,13 @@ def fit(
     loss_fn = loss_fn or (lambda m, b: bce_loss(m(b), b.label))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "steps": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "done": False}
+             "history": [], "done": False, "lr_drops": 0}
     best_state = copy.deepcopy(model.state_dict())
     resumed_from = None
     ckpt_path = Path(checkpoint_dir) / CKPT if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         saved = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if saved["config"] != config_to_dict(cfg):
+        if normalized_train_dict(saved["config"]) != config_to_dict(cfg):
             raise CheckpointMismatch(f"{ckpt_path}: checkpoint was written with another training config; "
                                      "delete the checkpoint folder, choose another --out, or rerun with the "
                                      "same config")
@@ -221,10 +248,19 @@ def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resume
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 state["bad_epochs"] += 1
+            plateau = valid is not None and state["bad_epochs"] >= cfg.patience
+            if plateau and state.get("lr_drops", 0) < cfg.lr_drops and epoch + 1 < cfg.epochs:
+                # go on from the best weights with a smaller step instead of stopping
+                state["lr_drops"] = state.get("lr_drops", 0) + 1
+                state["bad_epochs"] = 0
+                model.load_state_dict(best_state)
+                for group in opt.param_groups:
+                    group["lr"] *= cfg.lr_drop_factor
+                record["lr_drop"] = state["lr_drops"]
+                plateau = False
             state["history"].append(record)
             state["epoch"] = epoch + 1
-            stop = (valid is not None and state["bad_epochs"] >= cfg.patience) or (
-                cfg.max_steps and state["steps"] >= cfg.max_steps)
+            stop = plateau or (cfg.max_steps and state["steps"] >= cfg.max_steps)
             state["done"] = bool(stop) or state["epoch"] >= cfg.epochs
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, model, opt, best_state, state, cfg)

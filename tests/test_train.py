@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from longtail.data.splits import TRAIN, VALID
 from longtail.experiment import DataConfig, load_model_dir, prepare, train_heavy
 from longtail.metrics import auc, per_scenario_auc, predict_proba
 from longtail.models.heavy import HeavyConfig
-from longtail.train import TrainConfig, fit, resolve_device
+from longtail.train import CKPT, TrainConfig, fit, resolve_device
 
 pytestmark = pytest.mark.model
 
@@ -119,6 +121,73 @@ def test_valid_score_picks_the_kept_epoch_and_stops_early(data):
     assert result.best_valid_auc == result.history[1]["valid_auc"] != 0.9
     for k, v in model.state_dict().items():
         assert torch.equal(v, kept["state"][k]), k
+
+
+def test_lr_drops_go_back_to_the_best_epoch_with_a_smaller_step(data):
+    """At a plateau, lr_drops restores the best weights and scales the learning rate instead of stopping."""
+    from longtail.data.transforms import FittedTransforms
+    from longtail.models.heavy import build_model
+
+    tf = FittedTransforms.fit(data.spec, data.rows(TRAIN))
+    train, valid = tf.transform(data.rows(TRAIN)), tf.transform(data.rows(VALID))
+    # epochs 3-4 are a plateau after epoch 2: drop 1 goes on from epoch 2's weights; epochs 6-7 stop it
+    values = iter([0.1, 0.9, 0.5, 0.4, 0.95, 0.2, 0.1, 0.0])
+    seen = {}
+    model = build_model(tf.schema, SMALL)
+    opt_lrs = []
+
+    def score(m, batch):
+        value = next(values)
+        seen[len(seen) + 1] = {k: v.clone() for k, v in m.state_dict().items()}
+        return value
+
+    real_adam = torch.optim.Adam
+
+    class SpyAdam(real_adam):
+        def step(self, *a, **k):
+            opt_lrs.append(self.param_groups[0]["lr"])
+            return super().step(*a, **k)
+
+    torch.optim.Adam = SpyAdam
+    try:
+        result = fit(model, train, valid, _cfg(epochs=10, patience=2, lr=1e-3, lr_drops=1, lr_drop_factor=0.25),
+                     valid_score=score)
+    finally:
+        torch.optim.Adam = real_adam
+    assert [h["valid_score"] for h in result.history] == [0.1, 0.9, 0.5, 0.4, 0.95, 0.2, 0.1]
+    assert [h.get("lr_drop") for h in result.history] == [None, None, None, 1, None, None, None]
+    assert result.best_epoch == 5 and result.epochs_run == 7  # the drop's epoch 5 beat epoch 2
+    steps = math.ceil(len(train) / 128)
+    assert len(opt_lrs) == 7 * steps
+    assert opt_lrs[:4 * steps] == [1e-3] * (4 * steps) and opt_lrs[4 * steps:] == pytest.approx([2.5e-4] * (3 * steps))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[5][k]), k
+    # without drops the same scores stop at epoch 4, keeping epoch 2
+    values = iter([0.1, 0.9, 0.5, 0.4, 0.95])
+    seen.clear()
+    plain = fit(build_model(tf.schema, SMALL), train, valid, _cfg(epochs=10, patience=2), valid_score=score)
+    assert plain.best_epoch == 2 and plain.epochs_run == 4
+
+
+def test_lr_drop_settings_are_checked():
+    with pytest.raises(ValueError, match="train.lr_drops"):
+        TrainConfig(lr_drops=-1)
+    with pytest.raises(ValueError, match="train.lr_drop_factor"):
+        TrainConfig(lr_drop_factor=1.0)
+
+
+def test_checkpoint_from_before_lr_drops_resumes(data, tmp_path):
+    """A checkpoint whose config predates a TrainConfig field is read with that field at its default."""
+    first = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=1), tmp_path / "m")
+    ckpt = tmp_path / "m" / "checkpoints" / CKPT
+    saved = torch.load(ckpt, weights_only=True)
+    for key in ("lr_drops", "lr_drop_factor"):
+        del saved["config"][key]
+    torch.save(saved, ckpt)
+    again = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=1), tmp_path / "m")
+    assert again.result.best_valid_auc == pytest.approx(first.result.best_valid_auc)
+    with pytest.raises(RuntimeError, match="another training config"):
+        train_heavy(data, data.scenarios, SMALL, _cfg(epochs=1, lr_drops=2), tmp_path / "m")
 
 
 def test_device_auto_never_requires_cuda():
