@@ -29,12 +29,14 @@ By default (``LightConfig``'s) Ours and its ablations (each with its own δ or �
 supernet pre-trained for 2 epochs on the pooled TRAIN rows with the MeH run's final θ0 as teacher
 (``longtail.nas.pretrain``, cached in ``<work>/<encoder>/pretrain/``) and train with a transfer set
 of 16,384 other carriers' rows labelled by θu; MeL is the paper's (no transfer set,
-``--mel-transfer-rows``); Ours' derived model is then fine-tuned for up to 15 epochs, early-stopped on
-VALID (``LightConfig.retrain_epochs``; MeL and the search keep ``--epochs``), keeping the epoch
+``--mel-transfer-rows``); Ours' derived model is then fine-tuned for up to 20 epochs, early-stopped on
+VALID (``LightConfig.retrain_epochs``; MeL and the search keep ``--epochs``) after two drops of the
+learning rate at plateaus (``LightConfig.retrain_lr_drops``, ``--retrain-lr-drops``), keeping the epoch
 with the lowest distillation loss against θu on VALID rows (``LightConfig.select_on``); a carrier with
 fewer than 1,000 TRAIN rows runs Ours 3 times with shifted seeds and keeps the run that scores best
 on VALID (``LightConfig.restarts``, ``--restarts``).
-``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0 --select-on auc --restarts 1`` gives the paper's Ours.
+``--pretrain-epochs 0 --transfer-rows 0 --retrain-epochs 0 --retrain-lr-drops 0 --select-on auc --restarts 1``
+gives the paper's Ours.
 
 Run: ``make bench-nas`` (full) or ``make bench-nas QUICK=1`` (3 small carriers, LSTM, 1 epoch).
 """
@@ -60,23 +62,24 @@ from longtail.io import atomic_path, atomic_write_text
 from longtail.models.heavy import HeavyConfig
 from longtail.nas import SearchConfig
 from longtail.nas.strategies import LightConfig, heavy_costs, run_mel, run_ours
-from longtail.train import TrainConfig
+from longtail.train import TrainConfig, normalized_train_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def light_config(encoder: str, epochs: int, seed: int, pretrain_epochs: int = 0, transfer_rows: int = 0,
                  pretrain_rows: int = 0, retrain_epochs: int = 0, select_on: str = "auc",
-                 restarts: int = 1) -> LightConfig:
+                 restarts: int = 1, retrain_lr_drops: int = 0) -> LightConfig:
     """The paper's light settings: 3-layer space of width 15, δ = 1, budget = MeL's FLOPs.
 
     ``retrain_epochs`` 0 retrains Ours for ``epochs``, ``select_on="auc"`` keeps its epoch of
-    best VALID AUC and ``restarts`` 1 runs it once (the paper)."""
+    best VALID AUC, ``restarts`` 1 runs it once and ``retrain_lr_drops`` 0 stops it at its first
+    plateau (the paper)."""
     train = TrainConfig(epochs=epochs, seed=seed)
     search = SearchConfig(epochs=epochs, seed=seed, flops_penalty=LightConfig().search.flops_penalty)
     return LightConfig(search=search, train=train, mel_encoder=encoder, pretrain_epochs=pretrain_epochs,
                        transfer_rows=transfer_rows, pretrain_rows=pretrain_rows, retrain_epochs=retrain_epochs,
-                       select_on=select_on, restarts=restarts)
+                       select_on=select_on, restarts=restarts, retrain_lr_drops=retrain_lr_drops)
 
 
 def pretrained_for(phase: str, cfg: LightConfig, enc: str, args, data) -> tuple[dict | None, dict | None]:
@@ -130,7 +133,18 @@ PHASE_FILES = {"mel": "mel.jsonl", "ours": "ours.jsonl", "ablation": "ablations.
 
 # settings MeL does not read: its phase file stays valid when only they change
 NOT_MEL = ("space", "search", "budget_fraction_of_mel", "from_supernet", "pretrain_epochs", "pretrain_rows",
-           "pretrain_seed", "retrain_epochs", "select_on", "restarts", "restart_below_rows")
+           "pretrain_seed", "retrain_epochs", "select_on", "restarts", "restart_below_rows", "retrain_lr_drops")
+# settings added after stamps were first written, at the value that gives the behaviour from before
+ADDED_LATER = {"retrain_lr_drops": 0}
+
+
+def normalized_stamp(stamp: dict) -> dict:
+    """A stamp with the settings added since it was written at their earlier behaviour (``ADDED_LATER``;
+    ``train``'s fields by ``normalized_train_dict``), so that an old phase file matches the same settings."""
+    out = {**{k: v for k, v in ADDED_LATER.items() if k not in stamp and "search" in stamp}, **stamp}
+    if isinstance(out.get("train"), dict):
+        out["train"] = normalized_train_dict(out["train"])
+    return out
 
 
 def differing_keys(x: dict, y: dict) -> list[str]:
@@ -145,7 +159,7 @@ def check_settings(done_file: Path, cfg: LightConfig, phase: str) -> None:
     if phase == "mel":
         mine = {k: v for k, v in mine.items() if k not in NOT_MEL}
     if stamp.exists():
-        theirs = json.loads(stamp.read_text())
+        theirs = normalized_stamp(json.loads(stamp.read_text()))
         if theirs != mine:
             changed = differing_keys(mine, theirs)
             raise SystemExit(f"{done_file} was made with other light settings (differ in {changed}); "
@@ -187,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
         done_file = work / PHASE_FILES[phase]
         cfg = light_config(enc, args.epochs, args.seed, args.pretrain_epochs,
                            args.mel_transfer_rows if phase == "mel" else args.transfer_rows, args.pretrain_rows,
-                           args.retrain_epochs, args.select_on, args.restarts)
+                           args.retrain_epochs, args.select_on, args.restarts, args.retrain_lr_drops)
         check_settings(done_file, cfg, phase)
         done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]
@@ -330,6 +344,8 @@ def phase_settings(folder: Path) -> list[str]:
                           f"select_on {c.get('select_on', 'auc')}",
                           f"restarts {c.get('restarts', 1)}" + (f" below {c['restart_below_rows']:,} TRAIN rows"
                                                                  if c.get("restarts", 1) > 1 else "")]
+            if c.get("retrain_lr_drops", 0):
+                parts.insert(4, f"retrain_lr_drops {c['retrain_lr_drops']} (×{c['train'].get('lr_drop_factor', 0.3)})")
         out.append(f"* {phase}: " + ", ".join(parts))
     return out
 
@@ -339,7 +355,7 @@ def stamp_difference(folder: Path, phase: str, other: str) -> list[str]:
     a, b = ((folder / PHASE_FILES[p]).with_suffix(".config.json") for p in (phase, other))
     if not (a.exists() and b.exists()):
         return []
-    return differing_keys(json.loads(a.read_text()), json.loads(b.read_text()))
+    return differing_keys(normalized_stamp(json.loads(a.read_text())), normalized_stamp(json.loads(b.read_text())))
 
 
 def _f(v, fmt: str = ".4f") -> str:
@@ -476,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=None,
                    help="runs of Ours on a carrier with fewer than 1,000 TRAIN rows, the best on VALID kept "
                         "(LightConfig.restarts; default LightConfig's, quick: 1; 1: the paper)")
+    p.add_argument("--retrain-lr-drops", type=int, default=None,
+                   help="learning-rate drops of Ours' retraining at a VALID plateau before it stops "
+                        "(LightConfig.retrain_lr_drops; default LightConfig's, quick: 0; 0: the paper)")
     p.add_argument("--mel-transfer-rows", type=int, default=0, help="transfer set of MeL (default 0: the paper's MeL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-only", action="store_true", help="write the results of the work folder, run nothing")
@@ -490,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         args.retrain_epochs = 0 if args.quick else LightConfig().retrain_epochs
     if args.restarts is None:
         args.restarts = 1 if args.quick else LightConfig().restarts
+    if args.retrain_lr_drops is None:
+        args.retrain_lr_drops = 0 if args.quick else LightConfig().retrain_lr_drops
     if args.pretrain_rows is None:
         args.pretrain_rows = 16384 if args.quick else 0
     args.encoders = (args.encoders or ("lstm" if args.quick else "lstm,bert")).split(",")

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the carrier's training and of its transfer-row sample (train.seed and transfer_seed; "
                         "the pooled pre-training keeps its own): how much of a carrier's AUC is chance")
+    p.add_argument("--retrain-epochs", type=int, default=LightConfig().retrain_epochs,
+                   help="LightConfig.retrain_epochs (most epochs of Ours' retraining or fine-tuning)")
+    p.add_argument("--retrain-lr-drops", type=int, default=LightConfig().retrain_lr_drops,
+                   help="LightConfig.retrain_lr_drops (learning-rate drops at VALID plateaus of that training)")
     p.add_argument("--restarts", type=int, default=1,
                    help="LightConfig.restarts (default 1: one run per carrier and seed, what --seed studies)")
     args = p.parse_args(argv)
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     base = LightConfig(search=SearchConfig(epochs=args.search_epochs or args.epochs, flops_penalty="hinge"),
                        train=TrainConfig(epochs=args.epochs, seed=args.seed), transfer_seed=args.seed,
                        mel_encoder=args.encoder, latency_repeats=5, min_steps=args.min_steps, pretrain_epochs=0,
-                       select_on=args.select_on, delta=args.delta, restarts=args.restarts)
+                       select_on=args.select_on, delta=args.delta, restarts=args.restarts,
+                       retrain_epochs=args.retrain_epochs, retrain_lr_drops=args.retrain_lr_drops)
     pretrained = None
     if {"OursP", "Pre"} & set(args.strategies.split(",")):
         from longtail.nas.pretrain import pretrained_supernet, theta0_dir
@@ -101,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"scenario": scen, "transfer_rows": n, "strategy": strategy, "auc": r.auc,
                              "flops": r.flops, "meh": meta.loc[scen, f"MeH_{args.encoder}"],
                              "seconds": time.perf_counter() - t})
+                kept = getattr(r, "info", {})  # Pre has no training
+                extra = (f" VALID AUC {kept['best_valid_auc']:.4f} after {kept['epochs_run']} epochs"
+                         if kept.get("best_valid_auc") is not None else "")
                 print(f"{scen} transfer={n} {strategy}: AUC {r.auc:.4f} (MeH {rows[-1]['meh']:.4f}) "
-                      f"{r.flops:,} FLOPs {rows[-1]['seconds']:.0f}s", flush=True)
+                      f"{r.flops:,} FLOPs {rows[-1]['seconds']:.0f}s{extra}", flush=True)
     df = pd.DataFrame(rows)
     print(df.pivot_table(index=["scenario"], columns=["strategy", "transfer_rows"], values="auc").round(4))
     print(df.groupby(["strategy", "transfer_rows"])[["auc", "meh"]].mean().round(4))

@@ -180,6 +180,28 @@ def test_retraining_of_ours_has_its_own_epochs(retrain, rows, epochs, patience, 
     train, srch = scaled_for_rows(cfg, rows, retrain=True)
     assert (train.epochs, train.patience, srch.epochs) == (epochs, patience, search_epochs)
     assert scaled_for_rows(cfg, rows)[0].epochs == search_epochs  # MeL keeps train.epochs, scaled as the search
+    # learning-rate drops belong to the retraining alone
+    assert train.lr_drops == cfg.retrain_lr_drops == 2 and scaled_for_rows(cfg, rows)[0].lr_drops == 0
+
+
+def test_ours_retraining_drops_the_learning_rate_at_plateaus(setup, monkeypatch):
+    """retrain_lr_drops reaches the retraining's TrainConfig (and fit), not the search; negative is refused."""
+    from longtail.nas import strategies
+
+    data, scen, teacher = setup
+    seen = []
+    real = strategies.train_light
+
+    def spy(genotypes, schema, config, train, valid, teacher_model, train_cfg, **k):
+        seen.append(train_cfg)
+        return real(genotypes, schema, config, train, valid, teacher_model, train_cfg, **k)
+
+    monkeypatch.setattr(strategies, "train_light", spy)
+    ours = run_ours(teacher.model, teacher.transforms, data, scen, TEACHER,
+                    dataclasses.replace(LIGHT, retrain_lr_drops=3))
+    assert [c.lr_drops for c in seen] == [3] and ours.flops <= ours.budget
+    with pytest.raises(ValueError, match="light.retrain_lr_drops is -1"):
+        run_ours(teacher.model, teacher.transforms, data, scen, TEACHER, dataclasses.replace(LIGHT, retrain_lr_drops=-1))
 
 
 def test_cli_nas_light_runs_a_meh_folder_and_publishes_ours(setup, synthetic_tables, tmp_path):

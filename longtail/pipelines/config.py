@@ -38,10 +38,10 @@ def _meta() -> MetaConfig:
 
 def _light() -> LightConfig:
     # the transfer set is drawn from the initial scenarios' rows (at most max_rows_per_scenario each);
-    # Ours is retrained for as many epochs as MeL (retrain_epochs 0) and runs once per scenario
-    # (restarts 1) to keep the demo's onboarding short
+    # Ours is retrained for as many epochs as MeL (retrain_epochs 0) with no learning-rate drops, and
+    # runs once per scenario (restarts 1), to keep the demo's onboarding short
     return LightConfig(train=TrainConfig(epochs=3, patience=1), search=SearchConfig(epochs=2), min_steps=60,
-                       latency_repeats=20, transfer_rows=4096, retrain_epochs=0, restarts=1)
+                       latency_repeats=20, transfer_rows=4096, retrain_epochs=0, restarts=1, retrain_lr_drops=0)
 
 
 @dataclass(frozen=True)
