@@ -22,7 +22,7 @@ from longtail.models.heavy import HeavyConfig
 from longtail.nas.space import Genotype
 from longtail.train import TrainConfig, TrainResult, fit
 
-__all__ = ["distill_loss", "inherit_shared_parts", "teacher_logits", "train_light"]
+__all__ = ["distill_loss", "distill_loss_fn", "inherit_shared_parts", "teacher_logits", "train_light"]
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -51,6 +51,21 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     if scale_t2:
         soft = soft * temperature**2
     return hard + delta * soft
+
+
+def distill_loss_fn(teacher: nn.Module, delta: float = 1.0, temperature: float = 1.0):
+    """``fit``'s ``loss_fn`` for Eq. 5: the teacher scores each training batch, then ``distill_loss``.
+
+    The teacher runs on each batch (``fit`` shuffles rows; this keeps its logits aligned with them),
+    without gradients, on the batch's device.
+    """
+
+    def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            t = teacher.to(batch.label.device)(batch)  # (B,)
+        return distill_loss(student(batch), t, batch.label, delta, temperature)
+
+    return loss_fn
 
 
 @torch.no_grad()
@@ -133,11 +148,5 @@ def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: 
     if teacher is None:
         return model, fit(model, train, valid, train_cfg, **fit_kwargs)
     teacher.eval()
-
-    def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
-        # the teacher runs on each batch (fit shuffles rows; this keeps logits aligned with them)
-        with torch.no_grad():
-            t = teacher.to(batch.label.device)(batch)  # (B,)
-        return distill_loss(student(batch), t, batch.label, delta, temperature)
-
-    return model, fit(model, train, valid, train_cfg, loss_fn=loss_fn, **fit_kwargs)
+    return model, fit(model, train, valid, train_cfg, loss_fn=distill_loss_fn(teacher, delta, temperature),
+                      **fit_kwargs)

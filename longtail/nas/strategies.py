@@ -45,7 +45,13 @@ from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, HeavyModel, build_model
 from longtail.models.latency import measure_latency
 from longtail.nas.derive import InfeasibleBudgetError, budget_from_reference, derive
-from longtail.nas.distill import distill_loss, inherit_shared_parts, teacher_logits, train_light
+from longtail.nas.distill import (
+    distill_loss,
+    distill_loss_fn,
+    inherit_shared_parts,
+    teacher_logits,
+    train_light,
+)
 from longtail.nas.draw import draw_genotype
 from longtail.nas.space import Genotype, SearchSpace
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
@@ -340,16 +346,6 @@ def mel_budget(schema: InputSchema, model_cfg: HeavyConfig, light_cfg: LightConf
     return count_flops(reference)["total"], budget_from_reference(reference, light_cfg.budget_fraction_of_mel)
 
 
-def _distill_fn(teacher: nn.Module, delta: float, temperature: float):
-    def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
-        # teacher logits per batch: fit shuffles rows, this keeps them aligned
-        with torch.no_grad():
-            t = teacher.to(batch.label.device)(batch)  # (B,)
-        return distill_loss(student(batch), t, batch.label, delta, temperature)
-
-    return loss_fn
-
-
 def _selection_score(teacher: nn.Module, transforms: FittedTransforms, data: PreparedData, scenario: str,
                      splits: _Splits, light_cfg: LightConfig):
     """``fit``'s ``valid_score`` for ``light_cfg.select_on`` (``None``: the AUC of VALID)."""
@@ -400,7 +396,7 @@ def run_mel(teacher_model: nn.Module, transforms: FittedTransforms, data: Prepar
     if light_cfg.init_from_teacher:
         inherit_shared_parts(model, teacher_model)
     result = fit(model, train_rows, splits.valid, train_cfg,
-                 loss_fn=_distill_fn(teacher_model, light_cfg.delta, light_cfg.temperature), description="MeL")
+                 loss_fn=distill_loss_fn(teacher_model, light_cfg.delta, light_cfg.temperature), description="MeL")
     test_auc, flops, latency = _evaluate(model, splits, light_cfg.latency_repeats)
     return LightResult(scenario, "MeL", test_auc, flops["total"], flops["total"], latency, None,
                        time.perf_counter() - t0,
