@@ -10,14 +10,17 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 git &&
 WORKDIR /opt/longtail
 COPY pyproject.toml README.md ./
 COPY longtail ./longtail
+COPY feature_store ./feature_store
 COPY feature_repo ./feature_repo
 COPY components ./components
 COPY pipelines ./pipelines
-# editable install: components/ and pipelines/ sit beside the package, as in a checkout;
-# DuckDB's httpfs extension is installed now so that S3 parquet sources need no download at run time
-RUN pip install --upgrade pip && pip install -e . \
+COPY serving ./serving
+COPY monitoring ./monitoring
+# every layer with its integrations ([all]); feature_repo/ stays beside feature_store/ as the template
+# of each run's working repo. DuckDB's httpfs extension is installed now so that S3 parquet sources
+# need no download at run time.
+RUN pip install --upgrade pip && pip install -e '.[all]' \
     && python -c "import duckdb; duckdb.install_extension('httpfs')"
-ENV PYTHONPATH=/opt/longtail
 
 USER 1000:1000
 ENTRYPOINT []

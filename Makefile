@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -26,7 +26,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check longtail tests bench components pipelines serving feature_repo
+	$(BIN)/ruff check longtail tests bench components pipelines serving feature_repo feature_store monitoring
 
 ## baselines on flights: global heavy, SinH, LightGBM global and per scenario (QUICK=1 for a short run)
 bench-baselines: $(STAMP)

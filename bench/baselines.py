@@ -26,15 +26,16 @@ import pandas as pd
 import torch
 from report import auc_bars
 
+from longtail.data.prepared import DataConfig, PreparedData, prepare
 from longtail.data.splits import TEST, TRAIN, VALID
 from longtail.data.tables import MANIFEST
 from longtail.data.tensors import Batch
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import DataConfig, PreparedData, evaluate_heavy, prepare, train_heavy
 from longtail.io import atomic_path, atomic_write_text
 from longtail.metrics import per_scenario_auc
 from longtail.models.heavy import HeavyConfig
 from longtail.train import TrainConfig
+from longtail.train_job import evaluate_heavy, train_heavy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["global_heavy", "global_heavy_bert", "SinH", "lgbm_global", "lgbm_single"]

@@ -33,15 +33,16 @@ import numpy as np
 import pandas as pd
 
 from longtail.agnostic import initial_scenarios
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.tables import JOIN_CACHE_ENV, MANIFEST
-from longtail.experiment import DataConfig, evaluate_heavy, prepare, train_heavy
 from longtail.hpo.runner import Budget, MedianStopping
 from longtail.hpo.trial import HPOJobConfig, run_hpo
 from longtail.io import atomic_path, atomic_write_text
 from longtail.models.heavy import HeavyConfig
-from longtail.nas import SearchConfig, SearchSpace
+from longtail.nas import ArchSpace, SearchConfig
 from longtail.nas.heavy import HeavySearchConfig, search_heavy
 from longtail.train import TrainConfig
+from longtail.train_job import evaluate_heavy, train_heavy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ("racos", "tpe", "random")
@@ -99,7 +100,7 @@ def table6(args: argparse.Namespace, data) -> pd.DataFrame:
                     continue
                 t0 = time.perf_counter()
                 if model == "nas":
-                    nas = HeavySearchConfig(space=SearchSpace(num_layers=6),
+                    nas = HeavySearchConfig(space=ArchSpace(num_layers=6),
                                             search=SearchConfig(epochs=1, max_steps=args.steps, lambda_flops=0.01))
                     cfg = search_heavy(data, scen, MODELS["lstm"], nas).config
                 else:

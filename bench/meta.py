@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from report import auc_bars
 
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.tables import MANIFEST
-from longtail.experiment import DataConfig, prepare
 from longtail.io import atomic_path, atomic_write_text
 from longtail.meta.finetune import MetaConfig
 from longtail.meta.strategies import run_meh, run_sinh

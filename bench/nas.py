@@ -56,9 +56,10 @@ import pandas as pd
 from report import auc_bars
 
 from longtail.config import config_to_dict
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.splits import TEST, TRAIN
-from longtail.experiment import DataConfig, load_model_dir, prepare, safe_name
-from longtail.io import atomic_path, atomic_write_text
+from longtail.io import atomic_path, atomic_write_text, safe_name
+from longtail.model_folder import load_model_dir
 from longtail.models.heavy import HeavyConfig
 from longtail.nas import SearchConfig
 from longtail.nas.strategies import LightConfig, heavy_costs, run_mel, run_ours

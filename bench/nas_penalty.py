@@ -12,7 +12,8 @@ import dataclasses
 import sys
 import time
 
-from longtail.experiment import DataConfig, load_model_dir, prepare
+from longtail.data.prepared import DataConfig, prepare
+from longtail.model_folder import load_model_dir
 from longtail.models.heavy import HeavyConfig
 from longtail.nas import SearchConfig
 from longtail.nas.strategies import LightConfig, run_mel, run_ours

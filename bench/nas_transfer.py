@@ -20,9 +20,10 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.splits import TEST
-from longtail.experiment import DataConfig, load_model_dir, prepare
 from longtail.metrics import auc, predict_proba
+from longtail.model_folder import load_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
 from longtail.nas import SearchConfig, build_light_model, build_supernet_model, derive, inherit_weights

@@ -30,19 +30,20 @@ import httpx
 import numpy as np
 import pandas as pd
 import torch
+from tiny import train_light
 
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.splits import TEST
 from longtail.data.synthetic import SyntheticConfig, build_synthetic
-from longtail.experiment import DataConfig, prepare, train_heavy
 from longtail.io import atomic_write_text
 from longtail.models.flops import count_flops
+from longtail.models.genotype import Genotype, LayerGene
 from longtail.models.heavy import HeavyConfig
-from longtail.nas.space import Genotype, LayerGene
+from longtail.online.rows import jsonable_row
 from longtail.registry import lineage, open_registry
-from longtail.serving.launch import ServiceProcess
-from longtail.serving.rows import jsonable_row
-from longtail.serving.tiny import train_light
 from longtail.train import TrainConfig
+from longtail.train_job import train_heavy
+from serving.launch import ServiceProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIGHT_GENOTYPE = Genotype((LayerGene("conv_3", 0), LayerGene("avg_pool_3", 1, (0,)), LayerGene("conv_3", 2, (1,))),
@@ -58,7 +59,7 @@ def build_models(data_dir: str, root: Path, quick: bool) -> tuple[str, dict[str,
     heavy = train_heavy(data, [scenario], HeavyConfig(), cfg, root / "heavy")
     light_dir = train_light(data, scenario, heavy.transforms, root / "light",
                             config=HeavyConfig(num_layers=3), genotype=LIGHT_GENOTYPE)
-    from longtail.experiment import load_model_dir
+    from longtail.model_folder import load_model_dir
 
     flops = {"heavy": count_flops(heavy.model, heavy.transforms.schema)["total"],
              "light": count_flops(load_model_dir(light_dir)[0], heavy.transforms.schema)["total"]}

@@ -1,8 +1,8 @@
 """KFP v2 lightweight components: each is a typed signature, a docstring and one call into
-`longtail.pipelines.stages`; each logs KFP ``Metrics`` and writes a Markdown or HTML report.
+`longtail.workflow.stages`; each logs KFP ``Metrics`` and writes a Markdown or HTML report.
 
 Their ``base_image`` is the project's image (``Dockerfile`` at the root), tagged with the package
-version (`longtail.pipelines.config.project_image`); the image holds kfp, so no package is
+version (`longtail.workflow.config.project_image`); the image holds kfp, so no package is
 installed at run time (``install_kfp_package=False``).
 """
 

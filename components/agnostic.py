@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
 
-from longtail.pipelines.config import project_image
+from longtail.workflow.config import project_image
 
 
 @dsl.component(base_image=project_image(), install_kfp_package=False)
@@ -20,8 +20,8 @@ def build_agnostic_model(config: dict, scenarios: list[str], data: str, metrics:
     Returns:
         θ0's store version.
     """
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import build_theta0
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import build_theta0
 
     out = build_theta0(ks.config(config), list(scenarios), log=print)
     ks.log_metrics(metrics, {f"auc_{r['scenario']}": r["auc"] for r in out["per_scenario"]})

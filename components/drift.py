@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
 
-from longtail.pipelines.config import project_image
+from longtail.workflow.config import project_image
 
 
 @dsl.component(base_image=project_image(), install_kfp_package=False)
@@ -23,8 +23,8 @@ def check_drift(config: dict, verdict: str, scenarios: list[str], metrics: Outpu
     """
     from collections import namedtuple
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import drift_gate, retrain_tag
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import drift_gate, retrain_tag
 
     drifted = drift_gate(ks.config(config), verdict, list(scenarios) or None)
     tag = retrain_tag(verdict)

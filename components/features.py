@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
 
-from longtail.pipelines.config import project_image
+from longtail.workflow.config import project_image
 
 
 @dsl.component(base_image=project_image(), install_kfp_package=False)
@@ -19,8 +19,8 @@ def materialize_features(config: dict, metrics: Output[Metrics], report: Output[
     """
     import json
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import materialize
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import materialize
 
     out = materialize(ks.config(config), log=print)
     ks.log_metrics(metrics, {"objects": len(out["objects"]), "seconds": out["seconds"]})
@@ -43,8 +43,8 @@ def prepare_data(config: dict, scenarios: list[str], features: str, metrics: Out
     """
     import json
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import prepare
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import prepare
 
     out = prepare(ks.config(config), list(scenarios), log=print)
     ks.log_metrics(metrics, {"rows": out["scenarios"], "seconds": out["seconds"]})

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Metrics, Output
 
-from longtail.pipelines.config import project_image
+from longtail.workflow.config import project_image
 
 
 @dsl.component(base_image=project_image(), install_kfp_package=False)
@@ -24,8 +24,8 @@ def onboard_scenario(config: dict, scenario: str, tag: str, theta0_version: int,
     """
     import json
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import onboard_one
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import onboard_one
 
     result = onboard_one(ks.config(config), scenario, tag=tag, log=print)
     ks.result_metrics(metrics, result)
@@ -49,8 +49,8 @@ def retrain_scenario(config: dict, scenario: str, verdict: str, metrics: Output[
     """
     import json
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import retrain_one
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import retrain_one
 
     result = retrain_one(ks.config(config), scenario, verdict, log=print)
     ks.result_metrics(metrics, result)

@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Markdown, Metrics, Output
 
-from longtail.pipelines.config import project_image
+from longtail.workflow.config import project_image
 
 
 @dsl.component(base_image=project_image(), install_kfp_package=False)
@@ -22,8 +22,8 @@ def package_bento(config: dict, theta0_version: int, metrics: Output[Metrics], r
     import json
     from pathlib import Path
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import package
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import package
 
     out = package(ks.config(config), log=print)
     ks.log_metrics(metrics, {"scenarios": out["scenarios"], "failed": len(out["failed"]),
@@ -47,8 +47,8 @@ def promote_models(config: dict, results: list[str], package: str, metrics: Outp
     """
     import json
 
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import promote
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import promote
 
     out = promote(ks.config(config), list(results), log=print)
     ks.log_metrics(metrics, {"promoted": len(out["promoted"]), "held": len(out["held"])})

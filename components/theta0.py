@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Output
 
-from longtail.pipelines.config import project_image
+from longtail.workflow.config import project_image
 
 
 @dsl.component(base_image=project_image(), install_kfp_package=False)
@@ -18,8 +18,8 @@ def update_theta0(config: dict, results: list[str], metrics: Output[Metrics], re
     Returns:
         θ0's new version.
     """
-    from longtail.pipelines import kfp_support as ks
-    from longtail.pipelines.stages import update_theta0 as update
+    from longtail.workflow import artifacts as ks
+    from longtail.workflow.stages import update_theta0 as update
 
     out = update(ks.config(config), list(results), log=print)
     ks.log_metrics(metrics, {"version": out["version"], "applied": len(out["applied"]),

@@ -3,15 +3,15 @@
 The objects are derived from the table set named in ``longtail_features.yaml`` (or
 ``$LONGTAIL_FEATURE_TABLES``) and its ``spec.yaml``: entities, the ``profile_daily`` and
 ``behavior_<sequence>_hourly`` feature views (sequences as array features) and the versioned feature
-service ``<dataset>_v<N>`` that training and serving both use. See `longtail.features.definitions`.
+service ``<dataset>_v<N>`` that training and serving both use. See `feature_store.definitions`.
 """
 
 import dataclasses
 import os
 from pathlib import Path
 
-from longtail.features.definitions import build_definitions, load_spec
-from longtail.features.store import repo_config
+from feature_store.definitions import build_definitions, load_spec
+from feature_store.store import repo_config
 
 _here = Path(__file__).resolve().parent
 _cfg = repo_config(_here, os.environ.get("AWS_ENDPOINT_URL") or None)

@@ -28,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from longtail.config import config_to_dict, load_config, parse_overrides, save_config
-from longtail.experiment import DataConfig, PreparedData, prepare, save_model_dir, train_heavy
+from longtail.data.prepared import DataConfig, PreparedData, prepare
 from longtail.hpo.runner import Budget, MedianStopping
 from longtail.io import atomic_write_json
+from longtail.model_folder import save_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
 from longtail.nas.heavy import HeavySearchConfig, search_heavy
 from longtail.train import TrainConfig
+from longtail.train_job import train_heavy
 
 __all__ = ["CANDIDATES", "AgnosticJobConfig", "HPOCandidateConfig", "Theta0Choice", "choose_theta0",
            "initial_scenarios", "save_chosen"]
@@ -226,7 +228,7 @@ def _publish(cfg: AgnosticJobConfig, choice: Theta0Choice, dataset: str) -> list
 
 def save_chosen(choice: Theta0Choice, dest: str | Path) -> Path:
     """Copy the chosen θ0 as a model folder (for ``create_theta0_store``)."""
-    from longtail.experiment import load_model_dir
+    from longtail.model_folder import load_model_dir
 
     model, transforms, info = load_model_dir(choice.model_dir)
     return save_model_dir(dest, model, transforms, HeavyConfig.from_dict(info["config"]),

@@ -13,7 +13,6 @@ Every run writes its effective config and metrics (JSON) beside its outputs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -139,7 +138,7 @@ def _job_config(cls, args: argparse.Namespace, **flags: Any):
 
 
 def _train_config(args: argparse.Namespace):
-    from longtail.experiment import TrainJobConfig
+    from longtail.train_job import TrainJobConfig
 
     return _job_config(TrainJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
                                                 "train.epochs": args.epochs, "model.encoder": args.encoder})
@@ -155,7 +154,7 @@ def _deep(d: dict, key: str, value: Any) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from longtail.experiment import run_train
+    from longtail.train_job import run_train
 
     cfg = _train_config(args)
     out = Path(args.out or f"runs/{cfg.strategy}-{cfg.model.encoder}")
@@ -178,8 +177,10 @@ def _print_costs(metrics: dict[str, Any]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from longtail.config import config_from_dict
-    from longtail.experiment import TrainJobConfig, cost_of, evaluate_heavy, load_model_dir, prepare
+    from longtail.data.prepared import prepare
     from longtail.io import atomic_write_json
+    from longtail.model_folder import load_model_dir
+    from longtail.train_job import TrainJobConfig, cost_of, evaluate_heavy
 
     run = Path(args.run)
     if not (run / "config.yaml").exists():
@@ -342,10 +343,27 @@ def config_args(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a config key, {example}")
 
 
-# Command groups that live beside their code: each module has ``add_commands(subparsers)`` and may
-# list, in ``USER_ERRORS``, the exception types its handlers raise for bad input (printed as one
-# clear line and exit status 2, like the built-in commands' errors).
-PLUGIN_COMMANDS: list[str] = ["longtail.nas.command", "longtail.serving.command", "longtail.pipelines.command"]
+# Command groups of the integration layers (pipelines, serving, drift): each package registers a
+# module with ``add_commands(subparsers)`` under the entry-point group below (pyproject.toml) and may list, in
+# ``USER_ERRORS``, the exception types its handlers raise for bad input (printed as one clear line
+# and exit status 2, like the built-in commands' errors). The core never imports those packages.
+COMMAND_GROUP = "longtail.commands"
+
+
+def _command_groups() -> list[Any]:
+    """The modules of the registered command groups (a group whose extra is not installed is left out)."""
+    from importlib.metadata import entry_points
+
+    modules = []
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            modules.append(ep.load())
+        except ImportError as e:  # e.g. `pip install longtail` without the [pipelines] extra
+            _MISSING_GROUPS[ep.name] = str(e)
+    return modules
+
+
+_MISSING_GROUPS: dict[str, str] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,13 +465,25 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
     train_args(d, "data/flights")
     d.set_defaults(func=cmd_demo, out="runs/demo")
-    for module in PLUGIN_COMMANDS:
-        importlib.import_module(module).add_commands(sub)
+    from longtail.nas.cli import add_commands as add_nas_commands
+
+    add_nas_commands(sub)
+    for module in _command_groups():
+        module.add_commands(sub)
+    for name, why in _MISSING_GROUPS.items():
+        m = sub.add_parser(name, help="(not installed: pip install 'longtail[all]')")
+        m.set_defaults(func=lambda _a, name=name, why=why: _missing_group(name, why))
     return p
 
 
+def _missing_group(name: str, why: str) -> int:
+    err.print(f"[red]error:[/red] `longtail {name}` is not available here ({escape(why)}); install the "
+              "integration extras: pip install 'longtail[all]'", soft_wrap=True)
+    return 2
+
+
 def _plugin_errors() -> tuple[type[BaseException], ...]:
-    return tuple(e for m in PLUGIN_COMMANDS for e in getattr(importlib.import_module(m), "USER_ERRORS", ()))
+    return tuple(e for m in _command_groups() for e in getattr(m, "USER_ERRORS", ()))
 
 
 def main(argv: list[str] | None = None) -> int:

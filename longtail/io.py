@@ -51,3 +51,8 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def safe_name(name: str) -> str:
+    """A scenario name made safe for a folder name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -4,7 +4,7 @@
 from kfp import dsl
 
 from components import build_agnostic_model, materialize_features, prepare_data
-from longtail.pipelines.config import ClusterConfig, PipelineConfig
+from longtail.workflow.config import ClusterConfig, PipelineConfig
 from pipelines.onboard import onboard_and_publish
 from pipelines.placement import cpu_task, gpu_task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from longtail.pipelines.config import ClusterConfig, PipelineConfig
+from longtail.workflow.config import ClusterConfig, PipelineConfig
 
 PIPELINES = ("bootstrap", "onboard", "retrain")
 

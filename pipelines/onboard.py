@@ -4,7 +4,7 @@
 from kfp import dsl
 
 from components import onboard_scenario, package_bento, prepare_data, promote_models, update_theta0
-from longtail.pipelines.config import ClusterConfig, PipelineConfig
+from longtail.workflow.config import ClusterConfig, PipelineConfig
 from pipelines.placement import cpu_task, gpu_task
 
 DEFAULT_CONFIG = PipelineConfig().to_dict()  # the config parameter's default (compile overrides it)

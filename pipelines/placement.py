@@ -2,7 +2,7 @@
 
 from kfp import kubernetes
 
-from longtail.pipelines.config import ClusterConfig
+from longtail.workflow.config import ClusterConfig
 
 
 def common(task, cluster: ClusterConfig, *, cache: bool = True):

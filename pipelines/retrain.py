@@ -11,7 +11,7 @@ from components import (
     retrain_scenario,
     update_theta0,
 )
-from longtail.pipelines.config import ClusterConfig, PipelineConfig
+from longtail.workflow.config import ClusterConfig, PipelineConfig
 from pipelines.placement import cpu_task, gpu_task
 
 DEFAULT_CONFIG = PipelineConfig().to_dict()  # the config parameter's default (compile overrides it)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from longtail.serving import RequestError
+from longtail.online import RequestError
 from longtail.spec import DatasetSpec
 
 
@@ -45,7 +45,7 @@ class FeastFeatureSource:
             return self._services[name]
 
     def lookup(self, spec: DatasetSpec, entity: Mapping[str, Any], event_time: pd.Timestamp) -> dict[str, Any]:
-        """The feature columns of ``spec`` for one entity (see :class:`longtail.serving.FeatureSource`).
+        """The feature columns of ``spec`` for one entity (see :class:`longtail.online.FeatureSource`).
 
         Raises:
             RequestError: the online store holds no profile row for the entity.
@@ -114,3 +114,10 @@ def _first(rows: Mapping[str, list], name: str) -> Any:
 
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def feature_source(config) -> FeastFeatureSource | None:
+    """The feature source a serving config names (``feature_source: feast``), or ``None`` for raw features."""
+    if config.feature_source == "feast":
+        return FeastFeatureSource(config.feast_repo, config.feast_feature_service)
+    return None

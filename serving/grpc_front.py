@@ -12,11 +12,11 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-import longtail_serving_pb2 as pb
-import longtail_serving_pb2_grpc as pb_grpc
 from google.protobuf import json_format, struct_pb2
 
-from longtail.serving import NotReadyError, Predictor, PredictRequest, ServingError, UnknownScenarioError
+from longtail.online import NotReadyError, Predictor, PredictRequest, ServingError, UnknownScenarioError
+from serving import longtail_serving_pb2 as pb
+from serving import longtail_serving_pb2_grpc as pb_grpc
 
 _CODES = {NotReadyError: grpc.StatusCode.UNAVAILABLE, UnknownScenarioError: grpc.StatusCode.NOT_FOUND}
 

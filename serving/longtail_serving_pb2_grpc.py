@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-import longtail_serving_pb2 as longtail__serving__pb2
+from serving import longtail_serving_pb2 as serving_dot_longtail__serving__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in longtail_serving_pb2_grpc.py depends on'
+        + ' but the generated code in serving/longtail_serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class PredictorStub:
         """
         self.Predict = channel.unary_unary(
                 '/longtail.serving.v1.Predictor/Predict',
-                request_serializer=longtail__serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=longtail__serving__pb2.PredictResponse.FromString,
+                request_serializer=serving_dot_longtail__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=serving_dot_longtail__serving__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.PredictBatch = channel.unary_unary(
                 '/longtail.serving.v1.Predictor/PredictBatch',
-                request_serializer=longtail__serving__pb2.PredictBatchRequest.SerializeToString,
-                response_deserializer=longtail__serving__pb2.PredictBatchResponse.FromString,
+                request_serializer=serving_dot_longtail__serving__pb2.PredictBatchRequest.SerializeToString,
+                response_deserializer=serving_dot_longtail__serving__pb2.PredictBatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=longtail__serving__pb2.PredictRequest.FromString,
-                    response_serializer=longtail__serving__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=serving_dot_longtail__serving__pb2.PredictRequest.FromString,
+                    response_serializer=serving_dot_longtail__serving__pb2.PredictResponse.SerializeToString,
             ),
             'PredictBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictBatch,
-                    request_deserializer=longtail__serving__pb2.PredictBatchRequest.FromString,
-                    response_serializer=longtail__serving__pb2.PredictBatchResponse.SerializeToString,
+                    request_deserializer=serving_dot_longtail__serving__pb2.PredictBatchRequest.FromString,
+                    response_serializer=serving_dot_longtail__serving__pb2.PredictBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class Predictor:
             request,
             target,
             '/longtail.serving.v1.Predictor/Predict',
-            longtail__serving__pb2.PredictRequest.SerializeToString,
-            longtail__serving__pb2.PredictResponse.FromString,
+            serving_dot_longtail__serving__pb2.PredictRequest.SerializeToString,
+            serving_dot_longtail__serving__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class Predictor:
             request,
             target,
             '/longtail.serving.v1.Predictor/PredictBatch',
-            longtail__serving__pb2.PredictBatchRequest.SerializeToString,
-            longtail__serving__pb2.PredictBatchResponse.FromString,
+            serving_dot_longtail__serving__pb2.PredictBatchRequest.SerializeToString,
+            serving_dot_longtail__serving__pb2.PredictBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

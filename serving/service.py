@@ -1,9 +1,9 @@
 """The BentoML service: every scenario's promoted model over HTTP (and gRPC on a second port).
 
-A thin wrapper: requests become :class:`longtail.serving.PredictRequest` and go to one shared
-:class:`longtail.serving.Predictor` (registry pointers, hot reload, adaptive batching); errors
+A thin wrapper: requests become :class:`longtail.online.PredictRequest` and go to one shared
+:class:`longtail.online.Predictor` (registry pointers, hot reload, adaptive batching); errors
 become 4xx JSON bodies that name the field. Configuration: ``$LONGTAIL_SERVING_CONFIG`` (YAML) and
-``$LONGTAIL_SERVING_SET`` (``key=value;...``), see :class:`longtail.serving.ServingConfig`.
+``$LONGTAIL_SERVING_SET`` (``key=value;...``), see :class:`longtail.online.ServingConfig`.
 
 Run: ``bentoml serve service:LongtailServing --working-dir serving`` (or ``longtail serve http``).
 """
@@ -18,14 +18,16 @@ import bentoml
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
-from longtail.serving import (
+from longtail.online import (
     Predictor,
     PredictRequest,
     ServingError,
     load_serving_config,
 )
+from serving.feast_source import feature_source
+from serving.grpc_front import serve_grpc
 
-log = logging.getLogger("longtail.serving")
+log = logging.getLogger("longtail.online")
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="longtail_predictions_total", documentation="Predictions served, per scenario and model version",
@@ -90,21 +92,13 @@ def _observe():
     return observer
 
 
-def _feature_source(config):
-    if config.feature_source == "feast":
-        from feast_source import FeastFeatureSource
-
-        return FeastFeatureSource(config.feast_repo, config.feast_feature_service)
-    return None
-
-
 @bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers=1)
 class LongtailServing:
     """Serves the promoted model of every scenario (light models in production)."""
 
     def __init__(self) -> None:
         self.config = load_serving_config()
-        self.predictor = Predictor(self.config, source=_feature_source(self.config), observer=_observe())
+        self.predictor = Predictor(self.config, source=feature_source(self.config), observer=_observe())
         self.grpc_server = None
         # models load in the background: /readyz answers 503 until they are in (liveness stays green)
         threading.Thread(target=self._start, name="longtail-start", daemon=True).start()
@@ -116,8 +110,6 @@ class LongtailServing:
             log.exception("could not load the models; the service stays unready")
             return
         if self.config.grpc_port > 0:
-            from grpc_front import serve_grpc
-
             self.grpc_server = serve_grpc(self.predictor, self.config.grpc_host, self.config.grpc_port)
 
     def __is_ready__(self) -> bool:

@@ -14,21 +14,23 @@ from longtail.agnostic import (
     initial_scenarios,
     save_chosen,
 )
-from longtail.experiment import DataConfig, load_model_dir, prepare, train_heavy
+from longtail.data.prepared import DataConfig, prepare
 from longtail.hpo.runner import Budget, MedianStopping
+from longtail.model_folder import load_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig
-from longtail.nas import InfeasibleBudgetError, SearchConfig, SearchSpace
+from longtail.models.light import SearchedEncoder
+from longtail.nas import ArchSpace, InfeasibleBudgetError, SearchConfig
 from longtail.nas.heavy import HeavySearchConfig, search_heavy
-from longtail.nas.light import SearchedEncoder
 from longtail.train import TrainConfig
+from longtail.train_job import train_heavy
 
 pytestmark = pytest.mark.model
 
 BASE = HeavyConfig(encoder="lstm", num_layers=1, hidden_size=6, num_heads=2, profile_dims=(8,), head_dims=(8,),
                    cat_embedding_dim=3)
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=256, max_steps=4, device="cpu")
-TINY_NAS = HeavySearchConfig(space=SearchSpace(num_layers=2, hidden_size=6, num_heads=2),
+TINY_NAS = HeavySearchConfig(space=ArchSpace(num_layers=2, hidden_size=6, num_heads=2),
                              search=SearchConfig(batch_size=256, max_steps=3, epochs=1), device="cpu")
 
 

@@ -158,8 +158,8 @@ def test_build_synthetic_writes_spec(tmp_path):
 
 
 def test_join_cache_round_trips_and_follows_the_table_set(tmp_path, monkeypatch):
+    from longtail.data.prepared import DataConfig, prepare
     from longtail.data.tables import JOIN_CACHE_ENV, cached_join
-    from longtail.experiment import DataConfig, prepare
 
     root = tmp_path / "tables"
     tables = build_synthetic(root, SyntheticConfig(n_scenarios=3, max_rows=200, min_rows=40, seed=1))
@@ -186,8 +186,8 @@ def test_join_cache_round_trips_and_follows_the_table_set(tmp_path, monkeypatch)
 
 
 def test_join_cache_records_an_invalid_set_and_prepare_still_refuses_it(tmp_path, monkeypatch):
+    from longtail.data.prepared import DataConfig, prepare
     from longtail.data.tables import JOIN_CACHE_ENV
-    from longtail.experiment import DataConfig, prepare
 
     root = tmp_path / "tables"
     tables = build_synthetic(root, SyntheticConfig(n_scenarios=3, max_rows=200, min_rows=40, seed=1))

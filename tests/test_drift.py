@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import build_tiny_registry
 
 from longtail.cli import main
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.synthetic import SyntheticConfig, build_synthetic
-from longtail.drift import DriftConfig, drift_features, registry_scorer, run_drift
-from longtail.experiment import DataConfig, prepare
-from longtail.serving.tiny import build_tiny_registry
+from monitoring import DriftConfig, drift_features, registry_scorer, run_drift
 
 pytestmark = pytest.mark.serving
 

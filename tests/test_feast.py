@@ -16,9 +16,8 @@ import pytest
 
 pytest.importorskip("feast")
 
-from longtail.data.tables import SNAPSHOT_TS, point_in_time_join  # noqa: E402
-from longtail.features.errors import FeatureStoreError  # noqa: E402
-from longtail.features.store import (  # noqa: E402
+from feature_store.errors import FeatureStoreError  # noqa: E402
+from feature_store.store import (  # noqa: E402
     apply_repo,
     data_end,
     default_template,
@@ -27,6 +26,7 @@ from longtail.features.store import (  # noqa: E402
     open_store,
     working_repo,
 )
+from longtail.data.tables import SNAPSHOT_TS, point_in_time_join  # noqa: E402
 
 pytestmark = [pytest.mark.data, pytest.mark.pipelines]
 

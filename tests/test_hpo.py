@@ -491,7 +491,7 @@ def test_trial_rejects_a_bad_config_before_loading_data(capsys):
 @pytest.mark.model
 def test_tiny_heavy_model_search_end_to_end(tmp_path, synthetic_tables):
 
-    from longtail.experiment import DataConfig
+    from longtail.data.prepared import DataConfig
     from longtail.hpo.trial import HPOJobConfig, run_hpo
 
     space_file = tmp_path / "tiny.yaml"

@@ -14,10 +14,10 @@ from kubeflow_katib_api.models import V1beta1Experiment
 from kubernetes.client import ApiClient
 
 from longtail.hpo.algorithms import list_algorithms
-from longtail.hpo.command import METRIC, TRIAL_COMMAND, metric_line, trial_args
 from longtail.hpo.katib import KATIB_ALGORITHMS, KatibError, katib_algorithm, katib_experiment
 from longtail.hpo.runner import KATIB_STDOUT_FILTER, Budget, MedianStopping, parse_metrics
 from longtail.hpo.space import SearchSpace, format_value, load_space
+from longtail.hpo.trial_protocol import METRIC, TRIAL_COMMAND, metric_line, trial_args
 
 # Katib v1beta1's default StdOut filter (pkg/metricscollector/v1beta1/common/const.go), as documented.
 KATIB_DEFAULT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"

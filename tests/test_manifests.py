@@ -293,7 +293,7 @@ def test_a_retrain_config_change_in_git_resubmits(tmp_path):
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_retrain_config_is_a_pipelines_config(name):
     """The mounted retrain config is what `longtail pipelines submit retrain --config` reads."""
-    pipelines_config = pytest.importorskip("longtail.pipelines.config")
+    pipelines_config = pytest.importorskip("longtail.workflow.config")
     from longtail.config import load_config
 
     docs = kustomize(MANIFESTS / "overlays" / name)
@@ -351,7 +351,7 @@ def test_chart_renders_and_validates(case):
 
 
 def test_serving_config_in_the_chart_loads(tmp_path):
-    from longtail.serving import load_serving_config
+    from longtail.online import load_serving_config
 
     cm = next(d for d in helm_render() if d["kind"] == "ConfigMap")
     (tmp_path / "serving.yaml").write_text(cm["data"]["serving.yaml"])

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from longtail.config import config_from_dict, config_to_dict
+from longtail.data.prepared import DataConfig, PreparedData, prepare
 from longtail.data.splits import TEST
 from longtail.data.tensors import Batch
-from longtail.experiment import DataConfig, PreparedData, evaluate_heavy, prepare, train_heavy
 from longtail.meta.finetune import (
     MetaConfig,
     create_theta0_store,
@@ -31,6 +31,7 @@ from longtail.meta.update import MetaUpdate, UpdateRule, apply_steps, make_updat
 from longtail.meta.workers import onboard_many
 from longtail.models.heavy import HeavyConfig, build_model
 from longtail.train import TrainConfig, bce_loss
+from longtail.train_job import evaluate_heavy, train_heavy
 
 SMALL = HeavyConfig(encoder="lstm", num_layers=1, hidden_size=8)
 FT = TrainConfig(epochs=2, batch_size=64, device="cpu", patience=2)

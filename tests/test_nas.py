@@ -15,12 +15,12 @@ from longtail.data.tensors import Batch, InputSchema, SequenceSchema
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, build_model, step_input_size
 from longtail.nas import (
+    ArchSpace,
     Decision,
     Genotype,
     InfeasibleBudgetError,
     LayerGene,
     SearchConfig,
-    SearchSpace,
     SuperEncoder,
     brute_force,
     budget_from_reference,
@@ -56,7 +56,7 @@ SMALL = {"hidden_size": 6, "num_heads": 2, "profile_dims": (8,), "head_dims": (8
 
 def random_supernet(schema: InputSchema, config: HeavyConfig):
     """A 3-layer supernet model whose architecture logits are random (not the uniform start)."""
-    model = build_supernet_model(schema, config, SearchSpace(num_layers=3, hidden_size=6, num_heads=2))
+    model = build_supernet_model(schema, config, ArchSpace(num_layers=3, hidden_size=6, num_heads=2))
     with torch.no_grad():
         for p in arch_parameters(model):
             p.normal_(0, 1)
@@ -92,7 +92,7 @@ def make_batch(schema: InputSchema, n: int, seed: int) -> Batch:
                  torch.zeros(n, dtype=torch.long))
 
 
-def random_genotype(space: SearchSpace, rng: random.Random) -> Genotype:
+def random_genotype(space: ArchSpace, rng: random.Random) -> Genotype:
     layers = []
     for i in range(space.num_layers):
         layers.append(LayerGene(rng.choice(space.ops), rng.randint(0, i),
@@ -134,7 +134,7 @@ def test_op_shape_mask_and_flops(name):
 @pytest.mark.unit
 def test_light_encoder_ignores_padding_and_counts_flops():
     rng = random.Random(0)
-    space = SearchSpace(num_layers=3, hidden_size=6, num_heads=2)
+    space = ArchSpace(num_layers=3, hidden_size=6, num_heads=2)
     for _ in range(4):
         genotype = random_genotype(space, rng)
         torch.manual_seed(0)
@@ -156,7 +156,7 @@ def test_light_encoder_ignores_padding_and_counts_flops():
 @pytest.mark.unit
 def test_straight_through_runs_only_sampled_op_and_reaches_alpha():
     torch.manual_seed(0)
-    space = SearchSpace(num_layers=3, hidden_size=6, num_heads=2)
+    space = ArchSpace(num_layers=3, hidden_size=6, num_heads=2)
     enc = SuperEncoder(space, input_size=4)
     calls: dict[tuple[int, str], int] = {}
     for i, layer in enumerate(enc.layers):
@@ -195,7 +195,7 @@ def test_search_moves_alpha_and_flops_term_lowers_expected_flops():
     torch.manual_seed(0)
     schema = make_schema()
     config = HeavyConfig(**SMALL)
-    space = SearchSpace(num_layers=2, hidden_size=6, num_heads=2, ops=("conv_1", "conv_9", "max_pool_3"))
+    space = ArchSpace(num_layers=2, hidden_size=6, num_heads=2, ops=("conv_1", "conv_9", "max_pool_3"))
     model = build_supernet_model(schema, config, space)
     train, valid = make_batch(schema, 256, 0), make_batch(schema, 128, 1)
     teacher = build_model(schema, HeavyConfig(encoder="lstm", num_layers=1, **SMALL))
@@ -214,7 +214,7 @@ def test_search_moves_alpha_and_flops_term_lowers_expected_flops():
 @pytest.mark.model
 def test_hinge_penalty_costs_only_expected_flops_above_the_budget():
     schema = make_schema()
-    space = SearchSpace(num_layers=2, hidden_size=6, num_heads=2, ops=("conv_1", "conv_9", "max_pool_3"))
+    space = ArchSpace(num_layers=2, hidden_size=6, num_heads=2, ops=("conv_1", "conv_9", "max_pool_3"))
     train, valid = make_batch(schema, 256, 0), make_batch(schema, 128, 1)
     terms = {}
     for budget_scale in (10.0, 0.5):
@@ -269,7 +269,7 @@ def test_derive_on_supernet_equals_brute_force_and_respects_budgets():
     torch.manual_seed(0)
     schema = make_schema()
     config = HeavyConfig(**SMALL)
-    space = SearchSpace(num_layers=2, hidden_size=6, num_heads=2,
+    space = ArchSpace(num_layers=2, hidden_size=6, num_heads=2,
                         ops=("conv_1", "conv_5", "lstm", "self_attention", "avg_pool_3"))
     model = build_supernet_model(schema, config, space)
     fixed, top = model_fixed_flops(model), max_model_flops(model)
@@ -325,7 +325,7 @@ def test_genotype_json_round_trip_builds_same_encoder():
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     x, mask = torch.randn(2, 8, 4), torch.ones(2, 8, dtype=torch.bool)
     assert torch.equal(a(x, mask), b(x, mask))
-    assert SearchSpace.from_dict(SearchSpace().to_dict()) == SearchSpace()
+    assert ArchSpace.from_dict(ArchSpace().to_dict()) == ArchSpace()
     with pytest.raises(ValueError, match="input node"):
         Genotype((LayerGene("conv_3", 1),))
     with pytest.raises(ValueError, match="unknown operation"):
@@ -335,7 +335,7 @@ def test_genotype_json_round_trip_builds_same_encoder():
 @pytest.mark.unit
 def test_supernet_ignores_padding():
     torch.manual_seed(0)
-    enc = SuperEncoder(SearchSpace(num_layers=3, hidden_size=6, num_heads=2), input_size=4)
+    enc = SuperEncoder(ArchSpace(num_layers=3, hidden_size=6, num_heads=2), input_size=4)
     mask = left_mask(torch.tensor([0, 8, 3, 5]), 8)
     x = torch.randn(4, 8, 4) * mask.unsqueeze(-1)
     noisy = torch.where(mask.unsqueeze(-1), x, 100 * torch.randn_like(x))
@@ -418,7 +418,7 @@ def test_train_light_with_teacher_and_from_supernet():
     teacher = build_model(schema, HeavyConfig(encoder="lstm", num_layers=1, **SMALL))
     t = teacher_logits(teacher, valid, batch_size=100)
     assert t.shape == (256,) and not t.requires_grad
-    supernet = build_supernet_model(schema, config, SearchSpace(num_layers=2, hidden_size=6, num_heads=2))
+    supernet = build_supernet_model(schema, config, ArchSpace(num_layers=2, hidden_size=6, num_heads=2))
     genotypes = {"events": supernet.behavior_encoders["events"].encoder.argmax_genotype()}
     cfg = TrainConfig(epochs=2, batch_size=128, device="cpu", patience=5)
     for init in (None, supernet):

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from longtail.config import config_from_dict, config_to_dict
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.splits import TEST, TRAIN, VALID
-from longtail.experiment import DataConfig, prepare, safe_name, save_model_dir, train_heavy
+from longtail.io import safe_name
 from longtail.metrics import predict_proba
+from longtail.model_folder import save_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, build_model
-from longtail.nas import InfeasibleBudgetError, SearchConfig, SearchSpace
+from longtail.nas import ArchSpace, InfeasibleBudgetError, SearchConfig
 from longtail.nas import pretrain as pretrain_mod
 from longtail.nas.pretrain import pooled_batch, pretrained_supernet, theta0_dir
 from longtail.nas.strategies import (
@@ -28,13 +30,14 @@ from longtail.nas.strategies import (
 )
 from longtail.nas.supernet import arch_parameters, build_supernet_model
 from longtail.train import TrainConfig, fit
+from longtail.train_job import train_heavy
 
 pytestmark = pytest.mark.model
 
 TEACHER = HeavyConfig(encoder="lstm", num_layers=4, hidden_size=6, num_heads=2, profile_dims=(8,), head_dims=(8,),
                       dropout=0.0, cat_embedding_dim=3)
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=0, max_steps=4)
-LIGHT = LightConfig(space=SearchSpace(num_layers=3, hidden_size=6, num_heads=2),
+LIGHT = LightConfig(space=ArchSpace(num_layers=3, hidden_size=6, num_heads=2),
                     search=SearchConfig(batch_size=128, max_steps=3, epochs=1), train=TINY_TRAIN,
                     latency_repeats=3, pretrain_epochs=0, transfer_rows=0, retrain_epochs=0, restarts=1)
 
@@ -100,7 +103,7 @@ def test_ours_writes_genotypes_pictures_and_a_loadable_model(results, setup):
 
 
 def test_light_folders_load_through_the_generic_loader_and_the_registry(results, setup, tmp_path):
-    from longtail.experiment import load_model_dir
+    from longtail.model_folder import load_model_dir
     from longtail.registry import open_registry
 
     data, scen, teacher = setup

@@ -16,10 +16,10 @@ from longtail.meta.finetune import MetaConfig  # noqa: E402
 from longtail.models.heavy import HeavyConfig  # noqa: E402
 from longtail.nas.strategies import LightConfig  # noqa: E402
 from longtail.nas.supernet import SearchConfig  # noqa: E402
-from longtail.pipelines import stages  # noqa: E402
-from longtail.pipelines.config import PipelineConfig, project_image  # noqa: E402
-from longtail.pipelines.errors import StageError  # noqa: E402
 from longtail.train import TrainConfig  # noqa: E402
+from longtail.workflow import stages  # noqa: E402
+from longtail.workflow.config import PipelineConfig, project_image  # noqa: E402
+from longtail.workflow.errors import StageError  # noqa: E402
 
 pytestmark = pytest.mark.pipelines
 ROOT = Path(__file__).resolve().parents[1]

@@ -390,7 +390,7 @@ def model_dir(synthetic_tables, synthetic_frame, tmp_path_factory):
     import torch
 
     from longtail.data.transforms import FittedTransforms
-    from longtail.experiment import save_model_dir
+    from longtail.model_folder import save_model_dir
     from longtail.models.heavy import HeavyConfig, build_model
 
     transforms = FittedTransforms.fit(synthetic_tables.spec, synthetic_frame)

@@ -7,7 +7,6 @@ a light model for the largest scenario, a specific heavy model for the second).
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import struct_pb2
+from tiny import build_tiny_registry
 
 from longtail.data.synthetic import SyntheticConfig, build_synthetic
-from longtail.registry import lineage
-from longtail.serving import (
+from longtail.online import (
     NotReadyError,
     Predictor,
     PredictRequest,
@@ -27,16 +26,15 @@ from longtail.serving import (
     ServingConfig,
     UnknownScenarioError,
 )
-from longtail.serving.launch import DEFAULT_SERVICE_DIR, ServiceProcess
-from longtail.serving.rows import jsonable_row
-from longtail.serving.tiny import build_tiny_registry
+from longtail.online.rows import jsonable_row
+from longtail.registry import lineage
+from serving import longtail_serving_pb2 as pb
+from serving import longtail_serving_pb2_grpc as pb_grpc
+from serving.grpc_front import serve_grpc
+from serving.launch import WORKING_DIR, ServiceProcess
 
 pytestmark = pytest.mark.serving
 
-sys.path.insert(0, str(DEFAULT_SERVICE_DIR))
-import longtail_serving_pb2 as pb  # noqa: E402
-import longtail_serving_pb2_grpc as pb_grpc  # noqa: E402
-from grpc_front import serve_grpc  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +266,7 @@ def test_grpc_refused_scenario_is_not_found(tiny, example):
 
 
 def _port() -> int:
-    from longtail.serving.launch import free_port
+    from serving.launch import free_port
 
     return free_port()
 
@@ -319,10 +317,10 @@ def test_generated_grpc_code_matches_the_proto(tmp_path):
     from grpc_tools import protoc
 
     well_known = importlib.resources.files("grpc_tools") / "_proto"
-    rc = protoc.main(["protoc", f"-I{DEFAULT_SERVICE_DIR}", f"-I{well_known}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-                      str(DEFAULT_SERVICE_DIR / "longtail_serving.proto")])
+    rc = protoc.main(["protoc", f"-I{WORKING_DIR}", f"-I{well_known}", f"--python_out={tmp_path}",
+                      f"--grpc_python_out={tmp_path}", str(WORKING_DIR / "serving" / "longtail_serving.proto")])
     assert rc == 0
     for name in ("longtail_serving_pb2.py", "longtail_serving_pb2_grpc.py"):
-        assert (tmp_path / name).read_text() == (DEFAULT_SERVICE_DIR / name).read_text(), (
-            f"{name} is stale: cd serving && python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. "
-            "longtail_serving.proto")
+        assert (tmp_path / "serving" / name).read_text() == (WORKING_DIR / "serving" / name).read_text(), (
+            f"serving/{name} is stale: python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. "
+            "serving/longtail_serving.proto")

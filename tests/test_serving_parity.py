@@ -15,13 +15,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import build_tiny_registry
 
 from longtail.data.synthetic import SyntheticConfig, build_synthetic
 from longtail.data.tables import TableSet
 from longtail.metrics import predict_proba
-from longtail.serving.launch import ServiceProcess
-from longtail.serving.rows import jsonable_row
-from longtail.serving.tiny import build_tiny_registry
+from longtail.online.rows import jsonable_row
+from serving.launch import ServiceProcess
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 

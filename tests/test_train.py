@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
+from longtail.data.prepared import DataConfig, prepare
 from longtail.data.splits import TRAIN, VALID
-from longtail.experiment import DataConfig, load_model_dir, prepare, train_heavy
 from longtail.metrics import auc, per_scenario_auc, predict_proba
+from longtail.model_folder import load_model_dir
 from longtail.models.heavy import HeavyConfig
 from longtail.train import CKPT, TrainConfig, fit, resolve_device
+from longtail.train_job import train_heavy
 
 pytestmark = pytest.mark.model
 
@@ -44,7 +46,7 @@ def test_deterministic_under_seed(data):
 def test_resume_continues_exactly(data, tmp_path, monkeypatch):
     full = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=3, patience=5))
     # interrupt after the second epoch: the on_epoch hook raises, as a killed process would stop
-    from longtail import experiment
+    from longtail import train_job as experiment
 
     calls = {"n": 0}
     real_fit = experiment.fit

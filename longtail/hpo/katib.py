@@ -33,9 +33,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from longtail.hpo.command import METRIC, TRIAL_COMMAND, trial_args
 from longtail.hpo.runner import KATIB_STDOUT_FILTER, Budget, MedianStopping
 from longtail.hpo.space import Param, SearchSpace, format_value
+from longtail.hpo.trial_protocol import METRIC, TRIAL_COMMAND, trial_args
 
 __all__ = ["KATIB_ALGORITHMS", "KatibError", "katib_algorithm", "katib_experiment", "katib_name"]
 

@@ -3,7 +3,7 @@
 * `run_trial` is ``longtail hpo trial``: it trains the heavy model with the trial's
   ``--set`` overrides and prints its validation AUC per epoch and at the end, in the form
   Katib's StdOut collector reads. The same command line runs a local trial and a Katib
-  trial container (see `longtail.hpo.command`).
+  trial container (see `longtail.hpo.trial_protocol`).
 * `run_hpo` is ``longtail hpo run``: a search space, a strategy and a budget (`HPOJobConfig`)
   run by the `TrialRunner`, each trial being the command above in its own process.
 
@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from longtail.config import config_to_dict, load_config, parse_overrides, save_config
+from longtail.data.prepared import DataConfig
 from longtail.data.tables import JOIN_CACHE_ENV
-from longtail.experiment import DataConfig
 from longtail.hpo.algorithms import create_algorithm
-from longtail.hpo.command import (
+from longtail.hpo.runner import Budget, CommandEvaluator, HPOResult, MedianStopping, TrialRunner
+from longtail.hpo.space import SearchSpace, format_value, load_space
+from longtail.hpo.trial_protocol import (
     METRIC,
     STEP_KEY,
     TRIAL_COMMAND,
@@ -35,8 +37,6 @@ from longtail.hpo.command import (
     metric_line,
     trial_args,
 )
-from longtail.hpo.runner import Budget, CommandEvaluator, HPOResult, MedianStopping, TrialRunner
-from longtail.hpo.space import SearchSpace, format_value, load_space
 from longtail.io import atomic_write_json
 from longtail.models.heavy import HeavyConfig
 from longtail.train import TrainConfig
@@ -137,8 +137,10 @@ def run_trial(argv: list[str] | None = None) -> int:
 
 def _train(cfg: TrialConfig, out: str | None) -> float | None:
     # train_heavy with an on_epoch callback that prints the Katib metric lines
+    from longtail.data.prepared import prepare
     from longtail.data.splits import TRAIN, VALID
-    from longtail.experiment import prepare, save_model_dir, train_heavy
+    from longtail.model_folder import save_model_dir
+    from longtail.train_job import train_heavy
 
     data = prepare(cfg.data)
     scenarios = data.scenarios

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from longtail.data.prepared import PreparedData
 from longtail.data.splits import TEST, TRAIN, VALID, support_query
 from longtail.data.tensors import Batch
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import PreparedData
 from longtail.meta.server import Theta0Server
 from longtail.meta.update import MetaUpdate, UpdateRule, make_update_id
 from longtail.metrics import auc, predict_proba

@@ -22,22 +22,16 @@ import numpy as np
 import pandas as pd
 
 from longtail.config import config_to_dict, save_config
+from longtail.data.prepared import DataConfig, PreparedData, prepare
 from longtail.data.splits import TEST, TRAIN
-from longtail.experiment import (
-    DataConfig,
-    PreparedData,
-    evaluate_heavy,
-    prepare,
-    safe_name,
-    save_model_dir,
-    train_heavy,
-)
-from longtail.io import atomic_path, atomic_write_json
+from longtail.io import atomic_path, atomic_write_json, safe_name
 from longtail.meta.finetune import MetaConfig, create_theta0_store, refresh_theta0
 from longtail.meta.server import Theta0Server
 from longtail.meta.workers import onboard_many
+from longtail.model_folder import save_model_dir
 from longtail.models.heavy import HeavyConfig, build_model
 from longtail.train import TrainConfig
+from longtail.train_job import evaluate_heavy, train_heavy
 
 __all__ = ["RefreshJobConfig", "StrategyJobConfig", "StrategyResult", "draw_protocol", "publish_strategy",
            "run_meh", "run_refresh", "run_sinh", "run_strategy"]

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from longtail.config import config_from_dict, config_to_dict
-from longtail.experiment import PreparedData
+from longtail.data.prepared import PreparedData
 from longtail.meta.finetune import MetaConfig, OnboardResult, onboard_scenario, theta0_context
 from longtail.meta.server import Theta0Server
 from longtail.spec import DatasetSpec

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,7 +31,6 @@ __all__ = [
     "register_encoder",
 ]
 
-_BUILTIN_MODULES = ("longtail.models.encoders", "longtail.nas.light")
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
 E = TypeVar("E", bound=type[nn.Module])
@@ -48,8 +46,7 @@ class UnknownEncoderError(KeyError, ValueError):
 def _ensure_builtins() -> None:
     # Built-in encoders register themselves when their module is imported; importing it here
     # (not at the top) keeps `registry` free of imports of its own users.
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    from longtail.models import encoders, light  # noqa: F401 - registers lstm, bert and searched
 
 
 def register_encoder(name: str) -> Callable[[E], E]:

@@ -6,6 +6,14 @@ budget) -> ``light`` (standalone encoder and model from a genotype) ; ``distill`
 retraining of the derived model).
 """
 
+from longtail.models.light import (
+    LightEncoder,
+    build_light_encoder,
+    build_light_model,
+    genotype_flops,
+    inherit_weights,
+)
+from longtail.models.ops import create_op, list_ops, op_flops, register_op
 from longtail.nas.derive import (
     Decision,
     Derivation,
@@ -16,15 +24,7 @@ from longtail.nas.derive import (
     solve,
 )
 from longtail.nas.distill import distill_loss, teacher_logits, train_light
-from longtail.nas.light import (
-    LightEncoder,
-    build_light_encoder,
-    build_light_model,
-    genotype_flops,
-    inherit_weights,
-)
-from longtail.nas.ops import create_op, list_ops, op_flops, register_op
-from longtail.nas.space import Genotype, LayerGene, SearchSpace
+from longtail.nas.space import ArchSpace, Genotype, LayerGene
 from longtail.nas.supernet import SearchConfig, SuperEncoder, build_supernet_model, search
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "LayerGene",
     "LightEncoder",
     "SearchConfig",
-    "SearchSpace",
+    "ArchSpace",
     "SuperEncoder",
     "brute_force",
     "budget_from_reference",

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from longtail.models.flops import count_flops
+from longtail.models.genotype import Genotype, LayerGene
 from longtail.models.heavy import HeavyModel
-from longtail.nas.space import Genotype, LayerGene
 from longtail.nas.supernet import model_fixed_flops, super_encoders
 
 __all__ = [

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.data.tensors import Batch, InputSchema
+from longtail.models.genotype import Genotype
 from longtail.models.heavy import HeavyConfig
-from longtail.nas.space import Genotype
 from longtail.train import TrainConfig, TrainResult, fit
 
 __all__ = ["distill_loss", "distill_loss_fn", "inherit_shared_parts", "teacher_logits", "train_light"]
@@ -137,7 +137,7 @@ def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: 
     Returns:
         ``(light model, TrainResult)``.
     """
-    from longtail.nas.light import build_light_model, inherit_weights
+    from longtail.models.light import build_light_model, inherit_weights
 
     torch.manual_seed(train_cfg.seed)
     model = build_light_model(schema, config, genotypes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from longtail.io import atomic_path
-from longtail.nas.space import Genotype
+from longtail.models.genotype import Genotype
 
 
 def draw_genotype(genotype: Genotype, path: str | Path, *, title: str = "") -> Path:

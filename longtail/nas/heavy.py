@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
+from longtail.data.prepared import PreparedData
 from longtail.data.splits import TRAIN, VALID
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import PreparedData
 from longtail.models.heavy import HeavyConfig
+from longtail.models.light import searched_config
 from longtail.nas.derive import derive
-from longtail.nas.light import searched_config
-from longtail.nas.space import SearchSpace
+from longtail.nas.space import ArchSpace
 from longtail.nas.supernet import SearchConfig, build_supernet_model, max_model_flops, search
 from longtail.train import resolve_device, torch_threads
 
@@ -43,7 +43,7 @@ class HeavySearchConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
 
-    space: SearchSpace = field(default_factory=lambda: SearchSpace(num_layers=6))
+    space: ArchSpace = field(default_factory=lambda: ArchSpace(num_layers=6))
     search: SearchConfig = field(default_factory=lambda: SearchConfig(lambda_flops=0.01))
     budget_flops: int = 0
     threads: int = 1

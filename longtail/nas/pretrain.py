@@ -34,11 +34,12 @@ import pandas as pd
 import torch
 
 from longtail.config import config_to_dict
+from longtail.data.prepared import PreparedData
 from longtail.data.splits import TRAIN, VALID
 from longtail.data.tensors import Batch
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import PreparedData, load_model_dir
 from longtail.io import atomic_path, atomic_write_json
+from longtail.model_folder import load_model_dir
 from longtail.models.heavy import HeavyConfig, HeavyModel
 from longtail.nas.distill import inherit_shared_parts, teacher_logits
 from longtail.nas.supernet import build_supernet_model, search

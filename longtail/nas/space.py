@@ -1,45 +1,24 @@
-"""The search space of the light behavior encoder (paper Fig. 6) and genotypes, as data.
+"""The search space of the light behavior encoder (paper Fig. 6), as data.
 
-A searched encoder is a stack of ``N`` layers over ``N + 1`` *nodes*: node 0 is the original
-input projected to width ``H``, node ``l + 1`` is the output of layer ``l`` (0-based). Layer
-``l`` chooses
-
-- its **input**: one node among ``0 .. l``;
-- its **operation**: one registered name (``longtail.nas.ops``);
-- its **residual inputs**: an independent on/off bit for each node ``0 .. l``.
-
-Layer output: ``LayerNorm(op(input) + sum of the residual nodes)``, zeroed at padded steps.
-The encoder output is an attentive sum of the masked-mean pooled layer outputs (nodes
-``1 .. N``), ``(B, H)``.
-
-A genotype (one choice per decision) is a small JSON document::
-
-    {"hidden_size": 15, "num_heads": 3,
-     "layers": [{"op": "conv_3", "input": 0, "residual": []},
-                {"op": "lstm", "input": 1, "residual": [0, 1]}, ...]}
+Every architecture of the space is a `longtail.models.genotype.Genotype` (see there for the
+layer, input and residual choices); the space fixes the number of layers, the width, the heads
+of self-attention and the candidate operations.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from longtail.nas.ops import list_ops
+from longtail.models.genotype import Genotype, LayerGene, check_width
+from longtail.models.ops import list_ops
 
-__all__ = ["Genotype", "LayerGene", "SearchSpace"]
-
-
-def _check_width(hidden_size: int, num_heads: int) -> None:
-    if hidden_size < 1 or num_heads < 1:
-        raise ValueError("hidden_size and num_heads must be >= 1")
-    if hidden_size % num_heads != 0:
-        raise ValueError(f"num_heads={num_heads} must divide hidden_size={hidden_size}")
+__all__ = ["ArchSpace", "Genotype", "LayerGene"]
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class ArchSpace:
     """Search space of one behavior encoder.
 
     Args:
@@ -49,8 +28,8 @@ class SearchSpace:
         ops: candidate operation names (default: every registered operation).
 
     Example:
-        >>> space = SearchSpace(num_layers=2, ops=("conv_1", "lstm"))
-        >>> SearchSpace.from_dict(space.to_dict()) == space
+        >>> space = ArchSpace(num_layers=2, ops=("conv_1", "lstm"))
+        >>> ArchSpace.from_dict(space.to_dict()) == space
         True
     """
 
@@ -63,7 +42,7 @@ class SearchSpace:
         object.__setattr__(self, "ops", tuple(self.ops))
         if self.num_layers < 1:
             raise ValueError("num_layers must be >= 1")
-        _check_width(self.hidden_size, self.num_heads)
+        check_width(self.hidden_size, self.num_heads)
         if not self.ops or len(set(self.ops)) != len(self.ops):
             raise ValueError(f"ops must be a non-empty list of distinct names, got {self.ops}")
         unknown = set(self.ops) - set(list_ops())
@@ -77,96 +56,20 @@ class SearchSpace:
             total *= len(self.ops) * (layer + 1) * 2 ** (layer + 1)
         return total
 
+    def contains(self, genotype: Genotype) -> bool:
+        """Whether every choice of ``genotype`` is a choice of this space."""
+        return (len(genotype.layers) == self.num_layers and genotype.hidden_size == self.hidden_size
+                and genotype.num_heads == self.num_heads and all(g.op in self.ops for g in genotype.layers))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict."""
         return {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "num_heads": self.num_heads,
                 "ops": list(self.ops)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
+    def from_dict(cls, d: Mapping[str, Any]) -> ArchSpace:
         """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
         unknown = set(d) - {"num_layers", "hidden_size", "num_heads", "ops"}
         if unknown:
-            raise ValueError(f"unknown SearchSpace keys {sorted(unknown)}")
+            raise ValueError(f"unknown ArchSpace keys {sorted(unknown)}")
         return cls(**dict(d))
-
-
-@dataclass(frozen=True)
-class LayerGene:
-    """The choices of one layer.
-
-    Args:
-        op: operation name.
-        input: node index of the input (0 = projected original input, ``j`` = layer ``j - 1``).
-        residual: node indices added to the operation's output (sorted, distinct).
-    """
-
-    op: str
-    input: int
-    residual: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "residual", tuple(sorted(int(r) for r in self.residual)))
-
-
-@dataclass(frozen=True)
-class Genotype:
-    """One architecture of a ``SearchSpace``: one choice per decision.
-
-    Args:
-        layers: one gene per layer.
-        hidden_size: width ``H``.
-        num_heads: heads of self-attention operations.
-
-    Example:
-        >>> g = Genotype((LayerGene("conv_3", 0), LayerGene("lstm", 1, (0,))))
-        >>> Genotype.from_json(g.to_json()) == g
-        True
-    """
-
-    layers: tuple[LayerGene, ...]
-    hidden_size: int = 15
-    num_heads: int = 3
-
-    def __post_init__(self) -> None:
-        layers = tuple(g if isinstance(g, LayerGene) else LayerGene(**g) for g in self.layers)
-        object.__setattr__(self, "layers", layers)
-        if not layers:
-            raise ValueError("a genotype needs at least one layer")
-        _check_width(self.hidden_size, self.num_heads)
-        for i, gene in enumerate(layers):
-            if gene.op not in list_ops():
-                raise ValueError(f"layer {i}: unknown operation {gene.op!r}; registered: {list_ops()}")
-            if not 0 <= gene.input <= i:
-                raise ValueError(f"layer {i}: input node {gene.input} is not in 0..{i}")
-            if len(set(gene.residual)) != len(gene.residual) or any(not 0 <= r <= i for r in gene.residual):
-                raise ValueError(f"layer {i}: residual nodes {gene.residual} must be distinct and in 0..{i}")
-
-    def in_space(self, space: SearchSpace) -> bool:
-        """Whether every choice of this genotype is a choice of ``space``."""
-        return (len(self.layers) == space.num_layers and self.hidden_size == space.hidden_size
-                and self.num_heads == space.num_heads and all(g.op in space.ops for g in self.layers))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-safe dict."""
-        return {"hidden_size": self.hidden_size, "num_heads": self.num_heads,
-                "layers": [{"op": g.op, "input": g.input, "residual": list(g.residual)} for g in self.layers]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Genotype:
-        """Inverse of ``to_dict``."""
-        unknown = set(d) - {"hidden_size", "num_heads", "layers"}
-        if unknown:
-            raise ValueError(f"unknown Genotype keys {sorted(unknown)}")
-        layers: Sequence[Mapping[str, Any]] = d["layers"]
-        return cls(tuple(LayerGene(str(g["op"]), int(g["input"]), tuple(g.get("residual", ()))) for g in layers),
-                   int(d.get("hidden_size", 15)), int(d.get("num_heads", 3)))
-
-    def to_json(self) -> str:
-        """The genotype as a JSON document."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Genotype:
-        """Inverse of ``to_json``."""
-        return cls.from_dict(json.loads(text))

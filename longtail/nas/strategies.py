@@ -35,12 +35,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from longtail.data.prepared import DataConfig, PreparedData
 from longtail.data.splits import TEST, TRAIN, VALID
 from longtail.data.tensors import Batch, InputSchema
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import DataConfig, PreparedData, load_model_dir, safe_name, save_model_dir
-from longtail.io import atomic_write_json
+from longtail.io import atomic_write_json, safe_name
 from longtail.metrics import auc, predict_proba
+from longtail.model_folder import load_model_dir, save_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, HeavyModel, build_model
 from longtail.models.latency import measure_latency
@@ -53,7 +54,7 @@ from longtail.nas.distill import (
     train_light,
 )
 from longtail.nas.draw import draw_genotype
-from longtail.nas.space import Genotype, SearchSpace
+from longtail.nas.space import ArchSpace, Genotype
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
 from longtail.train import TrainConfig, fit, resolve_device, torch_threads
 
@@ -162,7 +163,7 @@ class LightConfig:
             time: the largest carriers now run all 20 epochs.
     """
 
-    space: SearchSpace = field(default_factory=SearchSpace)
+    space: ArchSpace = field(default_factory=ArchSpace)
     search: SearchConfig = field(default_factory=lambda: SearchConfig(flops_penalty="hinge"))
     budget_fraction_of_mel: float = 1.0
     delta: float = 1.0
@@ -553,7 +554,7 @@ def _save_ours(out: Path, model: nn.Module, transforms: FittedTransforms, model_
 def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms, dict[str, Any]]:
     """Load a light model folder written by ``run_ours`` (``model.json`` of kind ``light``).
 
-    Same as :func:`longtail.experiment.load_model_dir`, which loads every kind, but refuses a
+    Same as :func:`longtail.model_folder.load_model_dir`, which loads every kind, but refuses a
     folder of another kind.
 
     Args:
@@ -565,7 +566,7 @@ def load_light_model_dir(path: str | Path) -> tuple[HeavyModel, FittedTransforms
     path = Path(path)
     info = json.loads((path / "model.json").read_text())
     if info.get("kind") != "light":
-        raise ValueError(f"{path}: kind {info.get('kind')!r}, not a light model; use longtail.experiment.load_model_dir")
+        raise ValueError(f"{path}: kind {info.get('kind')!r}, not a light model; use longtail.model_folder.load_model_dir")
     return load_model_dir(path)
 
 
@@ -685,7 +686,7 @@ def run_light_job(cfg: LightJobConfig, log=None) -> pd.DataFrame:
         The per-scenario table of `run_light_for_scenarios`.
     """
     from longtail.config import save_config
-    from longtail.experiment import prepare
+    from longtail.data.prepared import prepare
     from longtail.io import atomic_path
 
     out = Path(cfg.out)

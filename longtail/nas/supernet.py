@@ -31,10 +31,10 @@ from torch import nn
 from longtail.data.tensors import Batch, InputSchema
 from longtail.models.flops import linear_flops
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
+from longtail.models.light import AttentiveSum, encoder_fixed_flops, genotype_flops
+from longtail.models.ops import create_op, op_flops
 from longtail.nas.distill import distill_loss
-from longtail.nas.light import AttentiveSum, encoder_fixed_flops, genotype_flops
-from longtail.nas.ops import create_op, op_flops
-from longtail.nas.space import Genotype, LayerGene, SearchSpace
+from longtail.nas.space import ArchSpace, Genotype, LayerGene
 
 __all__ = [
     "SearchConfig",
@@ -95,12 +95,12 @@ class SuperEncoder(nn.Module):
         last_genotype: the architecture of the last forward pass.
 
     Example:
-        >>> enc = SuperEncoder(SearchSpace(num_layers=2, hidden_size=6), input_size=4)
+        >>> enc = SuperEncoder(ArchSpace(num_layers=2, hidden_size=6), input_size=4)
         >>> enc(torch.randn(3, 8, 4), torch.ones(3, 8, dtype=torch.bool)).shape
         torch.Size([3, 6])
     """
 
-    def __init__(self, space: SearchSpace, input_size: int):
+    def __init__(self, space: ArchSpace, input_size: int):
         super().__init__()
         H, N = space.hidden_size, space.num_layers
         self.space = space
@@ -179,7 +179,7 @@ class SuperEncoder(nn.Module):
         return genotype_flops(self.argmax_genotype(), self.input_size, seq_len)
 
 
-def build_supernet_model(schema: InputSchema, config: HeavyConfig, space: SearchSpace) -> HeavyModel:
+def build_supernet_model(schema: InputSchema, config: HeavyConfig, space: ArchSpace) -> HeavyModel:
     """A model with the heavy model's profile encoder and head and one supernet per sequence.
 
     Args:

@@ -377,13 +377,13 @@ class ModelRegistry:
         """Download (verified) and load a model version; weights are never unpickled as objects.
 
         Returns:
-            ``(model, transforms, info)`` as :func:`longtail.experiment.load_model_dir` returns them,
+            ``(model, transforms, info)`` as :func:`longtail.model_folder.load_model_dir` returns them,
             the model in eval mode on the CPU.
 
         Raises:
             UnsafeModelError: a weights file is not a plain state dict of tensors.
         """
-        from longtail.experiment import load_model_dir
+        from longtail.model_folder import load_model_dir
 
         with tempfile.TemporaryDirectory(prefix="longtail-model-") as tmp:
             path = self.download(name, version, Path(tmp) / "model")

@@ -64,6 +64,26 @@ ENV_CONFIG = "LONGTAIL_SERVING_CONFIG"  # a YAML file
 ENV_SET = "LONGTAIL_SERVING_SET"  # overrides, "key=value" separated by ';'
 
 
+PATH_KEYS = ("registry", "feast_repo")  # relative values are relative to the caller's directory
+
+
+def absolute_overrides(pairs: list[str], base: str | Path | None = None) -> list[str]:
+    """``key=value`` overrides with the relative paths of `PATH_KEYS` made absolute against ``base``.
+
+    A service runs in a directory of its own (BentoML's working dir), so a relative registry path
+    given on the command line must be resolved where the command was typed, before it starts.
+    URIs (``s3://...``, ``file://...``) are kept as they are.
+    """
+    base = Path(base) if base is not None else Path.cwd()
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() in PATH_KEYS and value and "://" not in value and not Path(value).is_absolute():
+            pair = f"{key}={(base / value).resolve()}"
+        out.append(pair)
+    return out
+
+
 def load_serving_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ServingConfig:
     """The effective serving config.
 

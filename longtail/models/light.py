@@ -19,10 +19,10 @@ from torch import nn
 
 from longtail.data.tensors import InputSchema
 from longtail.models.encoders import BehaviorEncoder, masked_mean
+from longtail.models.genotype import Genotype, LayerGene
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
+from longtail.models.ops import create_op, op_flops
 from longtail.models.registry import register_encoder
-from longtail.nas.ops import create_op, op_flops
-from longtail.nas.space import Genotype, LayerGene
 
 __all__ = [
     "AttentiveSum",
@@ -250,7 +250,7 @@ def inherit_weights(light: nn.Module, supernet: nn.Module) -> None:
 def build_from_info(schema: InputSchema, info: Mapping) -> HeavyModel:
     """Rebuild a light model from its folder's ``model.json`` (``config`` and per-sequence ``genotypes``).
 
-    The builder ``longtail.experiment.load_model_dir`` uses for folders of kind ``light``.
+    The builder ``longtail.model_folder.load_model_dir`` uses for folders of kind ``light``.
     """
     genotypes = {name: Genotype.from_dict(g) for name, g in info["genotypes"].items()}
     return build_light_model(schema, HeavyConfig.from_dict(info["config"]), genotypes)

@@ -43,7 +43,7 @@ class FeatureRepoConfig:
         tables: the table-set folder or ``s3://bucket/prefix`` (as written by ``longtail data build``).
         service_version: the ``N`` of the feature service ``<dataset>_v<N>``.
         ttl_days: ttl of every view (0 = no expiry in the offline join; materialize then starts at
-            a fixed window, see `longtail.features.store`).
+            a fixed window, see `feature_store.store`).
         view_ttl_days: view name -> its own ttl. A view whose snapshots come regularly (daily
             profile, hourly weather) should have a short one: the offline join only considers
             snapshots within the ttl of each event, which keeps it small.

@@ -36,12 +36,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from longtail.data.prepared import PreparedData
 from longtail.data.splits import TEST, TRAIN, assign_split
-from longtail.experiment import PreparedData, evaluate_heavy, safe_name, save_model_dir, train_heavy
-from longtail.io import atomic_path, atomic_write_json
-from longtail.pipelines.config import PipelineConfig
-from longtail.pipelines.errors import StageError
+from longtail.io import atomic_path, atomic_write_json, safe_name
+from longtail.model_folder import save_model_dir
 from longtail.spec import DatasetSpec, SpecError
+from longtail.train_job import evaluate_heavy, train_heavy
+from longtail.workflow.config import PipelineConfig
+from longtail.workflow.errors import StageError
 
 SPLIT_COL = "_split"
 ONBOARD_TAG = "onboard"
@@ -65,7 +67,7 @@ def _log(log, msg: str) -> None:
 # ---------------------------------------------------------------------- features
 def feature_repo(cfg: PipelineConfig) -> Path:
     """The run's working copy of ``feature_repo/`` (made on first use, pointed at ``cfg.tables``)."""
-    from longtail.features.store import working_repo
+    from feature_store.store import working_repo
 
     return working_repo(_ws(cfg) / "feature_repo", cfg.tables, service_version=cfg.service_version)
 
@@ -76,8 +78,8 @@ def materialize(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
     Returns:
         The applied object names and the materialized window.
     """
-    from longtail.features.store import apply_repo, data_end, open_store
-    from longtail.features.store import materialize as feast_materialize
+    from feature_store.store import apply_repo, data_end, open_store
+    from feature_store.store import materialize as feast_materialize
 
     t0 = time.perf_counter()
     repo = feature_repo(cfg)
@@ -151,7 +153,7 @@ def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, log=None
     todo = [s for s in wanted if not _prepared_ok(cfg, s)]
     rows: dict[str, int] = {}
     if todo:
-        from longtail.features.store import historical_frame, open_store
+        from feature_store.store import historical_frame, open_store
 
         ev = events[events[spec.scenario].astype(str).isin(todo)]
         ev = cap_events(ev, spec, cfg.max_rows_per_scenario, cfg.split_seed)
@@ -285,7 +287,8 @@ def light_pretrained(cfg: PipelineConfig, *, log=None) -> dict[str, torch.Tensor
 def _choose_theta0(cfg: PipelineConfig, data: PreparedData, scenarios: list[str], log):
     """θ0 by ``longtail.agnostic.choose_theta0``: HPO-tuned pre-defined heavy ∥ NAS heavy, the better kept."""
     from longtail.agnostic import AgnosticJobConfig, choose_theta0
-    from longtail.experiment import DataConfig, load_model_dir
+    from longtail.data.prepared import DataConfig
+    from longtail.model_folder import load_model_dir
     from longtail.models.heavy import HeavyConfig
 
     job = AgnosticJobConfig(data=DataConfig(tables=cfg.tables, split_seed=cfg.split_seed, test_frac=cfg.test_frac,
@@ -458,7 +461,7 @@ def drift_gate(cfg: PipelineConfig, verdict: str | dict[str, Any], scenarios: li
     Args:
         cfg: the pipeline config.
         verdict: a drift verdict, or the path of its JSON file: the ``drift.json`` that ``longtail
-            drift`` writes (`longtail.drift.run_drift`, Evidently; its ``drifted_scenarios``), or
+            drift`` writes (`monitoring.run_drift`, Evidently; its ``drifted_scenarios``), or
             ``{"<scenario>": {"drifted": bool, ...}, ...}``.
         scenarios: restrict to these (default: every scenario in the verdict).
 
@@ -475,7 +478,7 @@ def drift_gate(cfg: PipelineConfig, verdict: str | dict[str, Any], scenarios: li
         verdict = json.loads(path.read_text())
     if not isinstance(verdict, dict):
         raise StageError("drift verdict: expected a mapping scenario -> {\"drifted\": bool}")
-    if "drifted_scenarios" in verdict:  # drift.json of `longtail drift` (longtail.drift.run_drift, Evidently)
+    if "drifted_scenarios" in verdict:  # drift.json of `longtail drift` (monitoring.run_drift, Evidently)
         return sorted(str(s) for s in verdict["drifted_scenarios"] if not scenarios or s in scenarios)
     drifted = []
     for scen, v in verdict.items():
@@ -534,7 +537,7 @@ def package(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
     Returns:
         ``{"serving": path, "report_html": path, "report_md": path, "scenarios": n, "failed": [...]}``.
     """
-    from longtail.pipelines.report import render
+    from longtail.workflow.report import render
 
     results = collect_results(cfg)
     spec = DatasetSpec.from_yaml(_ws(cfg) / "prepared" / "spec.yaml")

@@ -4,10 +4,10 @@ Nothing here imports bentoml, grpcio or feast: the fronts in ``serving/`` are th
 turn their wire format into :class:`PredictRequest` and call :class:`Predictor`.
 """
 
-from longtail.serving.config import ServingConfig, load_serving_config
-from longtail.serving.errors import NotReadyError, RequestError, ServingError, UnknownScenarioError
-from longtail.serving.features import FeatureSource, RawFeatureSource
-from longtail.serving.predictor import Prediction, Predictor, PredictRequest
+from longtail.online.config import ServingConfig, load_serving_config
+from longtail.online.errors import NotReadyError, RequestError, ServingError, UnknownScenarioError
+from longtail.online.features import FeatureSource, RawFeatureSource
+from longtail.online.predictor import Prediction, Predictor, PredictRequest
 
 __all__ = [
     "FeatureSource", "NotReadyError", "PredictRequest", "Prediction", "Predictor", "RawFeatureSource",

@@ -15,9 +15,9 @@ import pandas as pd
 
 from longtail.config import save_config
 from longtail.data.tables import TableSet, point_in_time_join
-from longtail.drift.check import DriftConfig, run_drift
 from longtail.metrics import predict_proba
 from longtail.spec import SpecError
+from monitoring.check import DriftConfig, run_drift
 
 
 @dataclass(frozen=True)

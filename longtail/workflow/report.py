@@ -22,7 +22,7 @@ def scenario_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per scenario (largest first) with AUCs, FLOPs, latency and status.
 
     Args:
-        results: stage results (`longtail.pipelines.stages.onboard_one`), ok or failed.
+        results: stage results (`longtail.workflow.stages.onboard_one`), ok or failed.
 
     Returns:
         Columns ``scenario, n_train, n_test, θ0, SinH, MeH, MeL, Ours, flops_heavy, flops_mel,

@@ -36,21 +36,21 @@ import pandas as pd
 import torch
 
 from longtail.data.transforms import FittedTransforms
-from longtail.registry import ModelRegistry, RegistryError, open_registry
-from longtail.serving.config import ServingConfig
-from longtail.serving.errors import NotReadyError, RequestError, ServingError, UnknownScenarioError
-from longtail.serving.features import FeatureSource, RawFeatureSource, check_entity
-from longtail.serving.pointers import list_pointer_scenarios
-from longtail.serving.rows import (
+from longtail.online.config import ServingConfig
+from longtail.online.errors import NotReadyError, RequestError, ServingError, UnknownScenarioError
+from longtail.online.features import FeatureSource, RawFeatureSource, check_entity
+from longtail.online.pointers import list_pointer_scenarios
+from longtail.online.rows import (
     build_row,
     check_vocabularies,
     jsonable_row,
     parse_time,
     spec_error_to_request,
 )
+from longtail.registry import ModelRegistry, RegistryError, open_registry
 from longtail.spec import SpecError
 
-log = logging.getLogger("longtail.serving")
+log = logging.getLogger("longtail.online")
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from feature_store.definitions import FeatureRepoConfig, build_definitions, load_spec, service_name
+from feature_store.errors import FeatureStoreError
 from longtail.data.tables import SNAPSHOT_TS
-from longtail.features.definitions import FeatureRepoConfig, build_definitions, load_spec, service_name
-from longtail.features.errors import FeatureStoreError
 from longtail.io import atomic_write_text
 from longtail.spec import DatasetSpec
 
@@ -35,7 +35,7 @@ SETTINGS = "longtail_features.yaml"
 
 def default_template() -> Path:
     """The checked-in ``feature_repo/`` (beside the ``longtail`` package in a checkout or the image)."""
-    return Path(__file__).resolve().parents[2] / "feature_repo"
+    return Path(__file__).resolve().parents[1] / "feature_repo"
 
 
 def working_repo(dest: str | Path, tables: str | Path, *, template: str | Path | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from longtail.serving.errors import RequestError
+from longtail.online.errors import RequestError
 from longtail.spec import DatasetSpec, SpecError
 
 _COLUMN = re.compile(r"column '([^']+)'")

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import torch
 
+from longtail.data.prepared import DataConfig, PreparedData, prepare
 from longtail.data.splits import TRAIN, VALID
 from longtail.data.transforms import FittedTransforms
-from longtail.experiment import DataConfig, PreparedData, prepare, save_model_dir, train_heavy
+from longtail.model_folder import save_model_dir
+from longtail.models.genotype import Genotype, LayerGene
 from longtail.models.heavy import HeavyConfig
-from longtail.nas.light import build_light_model
-from longtail.nas.space import Genotype, LayerGene
+from longtail.models.light import build_light_model
 from longtail.registry import ModelRegistry, lineage, open_registry
 from longtail.train import TrainConfig, fit
+from longtail.train_job import train_heavy
 
 TINY = HeavyConfig(encoder="lstm", num_layers=1, hidden_size=6, intermediate_size=8, num_heads=2,
                    profile_dims=(8,), head_dims=(8,), dropout=0.0)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from longtail.serving.errors import RequestError
+from longtail.online.errors import RequestError
 from longtail.spec import DatasetSpec
 
 

@@ -17,9 +17,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longtail.serving.config import ENV_SET
+from longtail.online.config import ENV_SET, absolute_overrides
 
-DEFAULT_SERVICE_DIR = Path(__file__).resolve().parents[2] / "serving"
+SERVICE = "serving.service:LongtailServing"  # the BentoML service, as `bentoml serve` names it
+WORKING_DIR = Path(__file__).resolve().parents[1]  # the folder that holds the `serving` package
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,7 +36,6 @@ class ServiceProcess:
 
     Args:
         overrides: serving config ``key=value`` overrides (e.g. ``registry=/tmp/r``).
-        service_dir: the folder with ``service.py`` (default: the repository's ``serving/``).
         host: bind address (loopback by default).
         port: HTTP port (default: a free one).
         grpc_port: gRPC port (default: a free one; 0 disables gRPC).
@@ -43,7 +43,6 @@ class ServiceProcess:
     """
 
     overrides: list[str] = field(default_factory=list)
-    service_dir: Path = DEFAULT_SERVICE_DIR
     host: str = "127.0.0.1"
     port: int = 0
     grpc_port: int | None = None
@@ -67,13 +66,12 @@ class ServiceProcess:
         self.port = self.port or free_port(self.host)
         if self.grpc_port is None:
             self.grpc_port = free_port(self.host)
-        sets = [*self.overrides, f"grpc_port={self.grpc_port}", f"grpc_host={self.host}"]
-        env = {**os.environ, ENV_SET: ";".join(sets), "BENTOML_DO_NOT_TRACK": "true",
-               "PYTHONPATH": os.pathsep.join([str(self.service_dir), os.environ.get("PYTHONPATH", "")])}
+        sets = [*absolute_overrides(self.overrides), f"grpc_port={self.grpc_port}", f"grpc_host={self.host}"]
+        env = {**os.environ, ENV_SET: ";".join(sets), "BENTOML_DO_NOT_TRACK": "true"}
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:LongtailServing", "--working-dir",
-             str(self.service_dir), "--host", self.host, "--port", str(self.port)],
+            [sys.executable, "-m", "bentoml", "serve", SERVICE, "--working-dir",
+             str(WORKING_DIR), "--host", self.host, "--port", str(self.port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

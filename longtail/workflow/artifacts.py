@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longtail.pipelines.config import PipelineConfig
+from longtail.workflow.config import PipelineConfig
 
 
 def config(d: dict[str, Any]) -> PipelineConfig:
@@ -60,6 +60,6 @@ def markdown_summary(title: str, values: dict[str, Any]) -> str:
 
 def results_report(results: list[dict[str, Any]], title: str) -> tuple[str, str]:
     """Markdown and HTML tables of scenario results (AUCs, FLOPs, latency, architecture pictures)."""
-    from longtail.pipelines.report import render
+    from longtail.workflow.report import render
 
     return render(results, title)

@@ -1,4 +1,4 @@
-"""The main job of this stage: prepare a table set, train heavy models, evaluate them per scenario.
+"""Heavy models on a table set: train and evaluate per scenario (``longtail train``, ``longtail evaluate``).
 
 * ``global``: one heavy model on the training rows of all (selected) scenarios;
 * ``single`` (SinH): one heavy model per scenario, on that scenario's rows only.
@@ -11,7 +11,6 @@ and rerunning the same command resumes it from the per-epoch checkpoints.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,33 +21,18 @@ import pandas as pd
 import torch
 
 from longtail.config import config_to_dict, save_config
-from longtail.data.splits import TEST, TRAIN, VALID, assign_split, save_splits
-from longtail.data.tables import TableSet, cached_join
+from longtail.data.prepared import DataConfig, PreparedData, prepare
+from longtail.data.splits import TEST, TRAIN, VALID, save_splits
 from longtail.data.transforms import FittedTransforms
-from longtail.io import atomic_path, atomic_write_json
+from longtail.io import atomic_path, atomic_write_json, safe_name
 from longtail.metrics import per_scenario_auc, predict_proba
+from longtail.model_folder import save_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, build_model
 from longtail.models.latency import measure_latency
-from longtail.spec import DatasetSpec, SpecError
 from longtail.train import TrainConfig, TrainResult, fit
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Args:
-    tables: the table-set folder (built by `longtail data build`).
-    split_seed: seed of the test / validation splits.
-    test_frac: test share of each scenario (the paper uses 20%).
-    valid_frac: validation share of the remaining training rows.
-    scenarios: restrict to these scenarios (empty: all).
-    """
-
-    tables: str = "data/flights"
-    split_seed: int = 0
-    test_frac: float = 0.2
-    valid_frac: float = 0.1
-    scenarios: tuple[str, ...] = ()
+__all__ = ["Trained", "TrainJobConfig", "cost_of", "evaluate_heavy", "run_train", "train_heavy"]
 
 
 @dataclass(frozen=True)
@@ -62,106 +46,6 @@ class TrainJobConfig:
     latency_repeats: int = 50
 
 
-@dataclass
-class PreparedData:
-    """The joined, validated rows of a table set with their split."""
-
-    spec: DatasetSpec
-    frame: pd.DataFrame
-    split: np.ndarray
-
-    @property
-    def scenarios(self) -> list[str]:
-        sizes = self.frame[self.spec.scenario].astype(str).value_counts()
-        return sorted(sizes.index, key=lambda s: (-sizes[s], s))
-
-    def rows(self, split: str, scenarios: list[str] | None = None) -> pd.DataFrame:
-        mask = self.split == split
-        if scenarios is not None:
-            mask &= self.frame[self.spec.scenario].astype(str).isin(scenarios).to_numpy()
-        return self.frame[mask]
-
-
-def prepare(cfg: DataConfig) -> PreparedData:
-    """Load, join (point in time), validate and split a table set.
-
-    With ``LONGTAIL_JOIN_CACHE`` set to a folder, the joined and validated frame is cached there
-    (see `longtail.data.tables.cached_join`), so repeated preparation of the same set (HPO
-    trials, benchmark runs) reads one parquet file instead of joining and validating again.
-
-    Raises:
-        SpecError: when the joined rows do not satisfy the spec (names the column and the fix).
-    """
-    tables = TableSet.load(cfg.tables)
-    spec = tables.spec
-    frame, validated = cached_join(tables)  # a cache only when LONGTAIL_JOIN_CACHE names one
-    if cfg.scenarios:
-        known = set(frame[spec.scenario].astype(str))
-        unknown = sorted(set(cfg.scenarios) - known)
-        if unknown:
-            raise SpecError(f"data.scenarios: {unknown} not in column '{spec.scenario}'; known: {sorted(known)}")
-        frame = frame[frame[spec.scenario].astype(str).isin(cfg.scenarios)].reset_index(drop=True)
-    if not validated:
-        spec.validate(frame)
-    split = assign_split(frame[spec.scenario], seed=cfg.split_seed, test_frac=cfg.test_frac,
-                         valid_frac=cfg.valid_frac)
-    return PreparedData(spec, frame, split)
-
-
-# ---------------------------------------------------------------------- model folders
-def save_model_dir(path: str | Path, model: torch.nn.Module, transforms: FittedTransforms,
-                   config: HeavyConfig, meta: dict[str, Any]) -> Path:
-    """Save a model as weights (state dict only), its config and its fitted transforms."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / "transforms.json", transforms.to_dict())
-    with atomic_path(path / "weights.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    atomic_write_json(path / "model.json", {"kind": "heavy", "config": config.to_dict(),
-                                            "schema": transforms.schema.to_dict(), **meta})
-    return path
-
-
-# How to rebuild the module of each model kind from its model.json; "module:function" so that a kind's
-# code is imported only when such a folder is loaded. Each builder takes (schema, model.json dict).
-MODEL_BUILDERS: dict[str, str] = {
-    "heavy": "longtail.experiment:_build_heavy",
-    "light": "longtail.nas.light:build_from_info",
-}
-
-
-def _build_heavy(schema, info: dict[str, Any]) -> torch.nn.Module:
-    return build_model(schema, HeavyConfig.from_dict(info["config"]))
-
-
-def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, FittedTransforms, dict[str, Any]]:
-    """Load a saved model folder of any kind (heavy, light) in eval mode.
-
-    The module is rebuilt from ``model.json`` by the builder its ``kind`` names in
-    `MODEL_BUILDERS`; weights are loaded with ``weights_only=True`` (never unpickles objects).
-
-    Returns:
-        ``(model, transforms, model.json contents)``.
-    """
-    import importlib
-
-    path = Path(path)
-    if not (path / "model.json").exists():
-        raise FileNotFoundError(f"{path}: no model.json; not a saved model folder")
-    info = json.loads((path / "model.json").read_text())
-    kind = info.get("kind", "heavy")
-    if kind not in MODEL_BUILDERS:
-        raise ValueError(f"{path}/model.json: kind {kind!r} is not one of {sorted(MODEL_BUILDERS)}; "
-                         "was it written by a newer longtail?")
-    module, func = MODEL_BUILDERS[kind].split(":")
-    transforms = FittedTransforms.from_dict(json.loads((path / "transforms.json").read_text()))
-    model = getattr(importlib.import_module(module), func)(transforms.schema, info)
-    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
-    model.eval()
-    return model, transforms, info
-
-
-# ---------------------------------------------------------------------- training
 @dataclass
 class Trained:
     model: torch.nn.Module
@@ -286,6 +170,3 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
     return metrics
 
 
-def safe_name(name: str) -> str:
-    """A scenario name made safe for a folder name."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

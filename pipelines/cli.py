@@ -6,8 +6,7 @@
     longtail pipelines demo [--data data/flights] [--out runs/pipelines-demo] [--initial 8]
 
 The config file is a `PipelinesJobConfig` (``pipeline:`` the stages' settings, ``cluster:`` the
-Kubernetes placement); kfp and the ``components``/``pipelines`` folders are imported only by
-these commands.
+Kubernetes placement). Registered under the ``longtail.commands`` entry points (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -22,24 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from longtail.features.errors import FeatureStoreError
-from longtail.pipelines.config import PipelinesJobConfig
-from longtail.pipelines.errors import PipelineCommandError, StageError
+from feature_store.errors import FeatureStoreError
+from longtail.workflow.config import PipelinesJobConfig
+from longtail.workflow.errors import PipelineCommandError, StageError
+from pipelines.build import PIPELINES, compile_pipeline, run_local
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRESS = re.compile(r"Executing task|finished with status|Running pipeline|epoch \d+ train loss|FAILED|"
                       r"fine-tune θu|: MeL|: Ours|: SinH|θ0 v\d+ ->|package:|promoted|joining|materialized|kept$")
-
-
-def _import_pipelines():
-    """The repo's ``pipelines`` package (beside ``longtail/`` in a checkout or the image)."""
-    if not (REPO_ROOT / "pipelines" / "build.py").exists():
-        raise PipelineCommandError(f"{REPO_ROOT}: no pipelines/ folder; run from a longtail checkout or the image")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import pipelines
-
-    return pipelines
 
 
 def _job(args: argparse.Namespace, **flags: Any) -> PipelinesJobConfig:
@@ -55,10 +43,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from longtail.cli import console
 
     job = _job(args)
-    pl = _import_pipelines()
     out = Path(args.out)
-    for name in pl.PIPELINES:
-        path = pl.compile_pipeline(name, out / f"{name}.yaml", job.cluster, job.pipeline)
+    for name in PIPELINES:
+        path = compile_pipeline(name, out / f"{name}.yaml", job.cluster, job.pipeline)
         console.print(f"compiled {name} -> {path}")
     return 0
 
@@ -70,10 +57,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from longtail.config import parse_overrides
 
     job = _job(args)
-    pl = _import_pipelines()
-    if args.name not in pl.PIPELINES:
-        raise PipelineCommandError(f"pipeline {args.name!r}: use one of {list(pl.PIPELINES)}")
-    package = pl.compile_pipeline(args.name, Path(args.out) / f"{args.name}.yaml", job.cluster, job.pipeline)
+    if args.name not in PIPELINES:
+        raise PipelineCommandError(f"pipeline {args.name!r}: use one of {list(PIPELINES)}")
+    package = compile_pipeline(args.name, Path(args.out) / f"{args.name}.yaml", job.cluster, job.pipeline)
     arguments = parse_overrides(args.arg or [])
     client = kfp.Client(host=args.host, namespace=args.namespace)
     if args.recurring:
@@ -138,7 +124,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from longtail.cli import console
 
     job = _job(args, **{"pipeline.tables": args.data, "pipeline.workspace": args.workspace})
-    pl = _import_pipelines()
     scen = [s for s in (args.scenarios or "").split(",") if s]
     arguments: dict[str, Any] = {}
     if args.name == "bootstrap":
@@ -153,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise PipelineCommandError(f"{args.name} needs --scenarios A,B,... (retrain: the candidates)")
     ws = Path(job.pipeline.workspace)
     with progress_only(ws / "kfp-local.log"):
-        out = pl.run_local(args.name, job.pipeline, job.cluster, **arguments)
+        out = run_local(args.name, job.pipeline, job.cluster, **arguments)
     console.print(out)
     _print_results(job, console)
     return 0
@@ -162,8 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_results(job: PipelinesJobConfig, console) -> None:
     from rich.table import Table
 
-    from longtail.pipelines.report import AUC_COLUMNS, HEADER, mean_row, row_cells, scenario_table
-    from longtail.pipelines.stages import collect_results
+    from longtail.workflow.report import AUC_COLUMNS, HEADER, mean_row, row_cells, scenario_table
+    from longtail.workflow.stages import collect_results
 
     df = scenario_table(collect_results(job.pipeline))
     t = Table(title="per-scenario test AUC, FLOPs per sample, batch-1 latency")
@@ -199,17 +184,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scenarios = sorted(TableSet.load(data).manifest["scenarios"])
     initial, arrival = draw_protocol(scenarios, args.initial, job.pipeline.meta.seed)
     later = [s for s in arrival if s not in initial]
-    pl = _import_pipelines()
     log = out / "kfp-local.log"
     console.print(f"config: rows per scenario ≤ {job.pipeline.max_rows_per_scenario}, θ0 {job.pipeline.train.epochs} "
                   f"epochs, fine-tune {job.pipeline.meta.finetune.epochs}, light {job.pipeline.light.train.epochs} "
                   f"(search {job.pipeline.light.search.epochs}); full kfp.local log: {log}")
     console.rule(f"bootstrap (kfp.local): θ0 on {len(initial)} initial scenarios {initial}")
     with progress_only(log):
-        pl.run_local("bootstrap", job.pipeline, job.cluster, initial_scenarios=initial)
+        run_local("bootstrap", job.pipeline, job.cluster, initial_scenarios=initial)
     console.rule(f"onboard (kfp.local): {len(later)} scenarios arriving later {later}")
     with progress_only(log):
-        pl.run_local("onboard", job.pipeline, job.cluster, scenarios=later)
+        run_local("onboard", job.pipeline, job.cluster, scenarios=later)
     _print_results(job, console)
     wall = time.perf_counter() - t0
     report = Path(job.pipeline.workspace) / "package" / "report.html"

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from longtail.experiment import safe_name
-from longtail.io import atomic_path, atomic_write_json
+from longtail.io import atomic_path, atomic_write_json, safe_name
 from longtail.spec import DatasetSpec, SpecError
 
 PREDICTION = "prediction"
