@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: pipelines-demo pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving clean
+.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## the main job, end to end on the real flights data: bootstrap (8 initial carriers) then onboard (8 later), kfp.local
+## the main job, end to end on the real flights data: bootstrap (8 initial carriers) then onboard (8 later), kfp.local, then one served request
 demo: $(STAMP)
-	$(BIN)/longtail pipelines demo
+	$(BIN)/longtail pipelines demo --config configs/demo.yaml
 
 ## every test tier (unit, data, model, slow)
 test: $(STAMP)
@@ -47,10 +47,6 @@ bench-hpo: $(STAMP)
 ## the serving service on loopback: p50/p99 and errors, light vs heavy, single vs batched; then a schemathesis fuzz run
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
-
-## the KFP pipelines: bootstrap on 8 initial carriers then onboard the other 8, with kfp.local
-pipelines-demo: $(STAMP)
-	$(BIN)/longtail pipelines demo
 
 ## compile bootstrap, onboard and retrain to KFP IR YAML (build/pipelines/)
 pipelines-compile: $(STAMP)

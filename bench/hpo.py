@@ -101,7 +101,8 @@ def table6(args: argparse.Namespace, data) -> pd.DataFrame:
                 t0 = time.perf_counter()
                 if model == "nas":
                     nas = HeavySearchConfig(space=ArchSpace(num_layers=6),
-                                            search=SearchConfig(epochs=1, max_steps=args.steps, lambda_flops=0.01))
+                                            search=SearchConfig(epochs=1, max_steps=args.steps, lambda_flops=0.01,
+                                                                flops_penalty="linear"))
                     cfg = search_heavy(data, scen, MODELS["lstm"], nas).config
                 else:
                     cfg = MODELS[model]

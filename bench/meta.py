@@ -27,8 +27,9 @@ from longtail.data.prepared import DataConfig, prepare
 from longtail.data.tables import MANIFEST
 from longtail.io import atomic_path, atomic_write_text
 from longtail.meta.finetune import MetaConfig
-from longtail.meta.strategies import run_meh, run_sinh
 from longtail.models.heavy import HeavyConfig
+from longtail.onboarding import Recipe
+from longtail.onboarding.protocol import run_meh, run_sinh
 from longtail.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +48,6 @@ def run(args: argparse.Namespace) -> None:
         build_flights(data_dir)
     t0 = time.perf_counter()
     data = prepare(DataConfig(tables=str(data_dir), split_seed=args.seed))
-    train_cfg, meta_cfg = protocol(args.epochs, args.seed)
     table = pd.DataFrame({"scenario": data.scenarios})
     timings: dict[str, dict] = {}
     info: dict[str, dict] = {}
@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> None:
     if args.keep:
         table, timings, info, kept = keep_previous(tag, table, args.encoders)
     for enc in args.encoders:
-        cfg = ENCODERS[enc]
+        recipe = protocol(enc, args.epochs, args.seed)
         out = Path(args.work) / enc
-        sinh = run_sinh(data, cfg, train_cfg, out=out / "sinh", log=print)
-        meh = run_meh(data, cfg, train_cfg, meta_cfg, out=out / "meh", log=print)
+        sinh = run_sinh(data, recipe.model, recipe.train, out=out / "sinh", log=print)
+        meh = run_meh(data, recipe, out=out / "meh", log=print)
         for name, res in (("SinH", sinh), ("MeH", meh)):
             col = res.table.set_index("scenario")
             table[f"{name}_{enc}"] = table["scenario"].map(col["auc"])
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> None:
         write_results(table, timings, info, tag, done, time.perf_counter() - t0, data.spec.name)
 
 
-def protocol(epochs: int, seed: int) -> tuple[TrainConfig, MetaConfig]:
-    """Training of θ0 (and of SinH) and MeH's fine-tuning, as this benchmark runs them."""
-    return (TrainConfig(epochs=epochs, seed=seed),
-            MetaConfig(finetune=TrainConfig(epochs=epochs, patience=2, seed=seed), seed=seed))
+def protocol(enc: str, epochs: int, seed: int) -> Recipe:
+    """The default recipe with this benchmark's heavy encoder, epochs (θ0, SinH and θu's fine-tune) and seed."""
+    return Recipe(model=ENCODERS[enc], train=TrainConfig(epochs=epochs, seed=seed),
+                  meta=MetaConfig(finetune=TrainConfig(epochs=epochs, patience=2, seed=seed), seed=seed))
 
 
 def build_teachers(data, enc: str, epochs: int, seed: int, work: str | Path, log=print):
@@ -86,8 +86,7 @@ def build_teachers(data, enc: str, epochs: int, seed: int, work: str | Path, log
 
     ``bench/nas.py`` calls it when its θu teachers are missing, so that it runs on a fresh clone
     without the SinH half of this benchmark."""
-    train_cfg, meta_cfg = protocol(epochs, seed)
-    return run_meh(data, ENCODERS[enc], train_cfg, meta_cfg, out=Path(work) / enc / "meh", log=log)
+    return run_meh(data, protocol(enc, epochs, seed), out=Path(work) / enc / "meh", log=log)
 
 
 def keep_previous(tag: str, table: pd.DataFrame, running: list[str]):

@@ -19,8 +19,8 @@ def materialize_features(config: dict, metrics: Output[Metrics], report: Output[
     """
     import json
 
+    from feature_store.stages import materialize
     from longtail.workflow import artifacts as ks
-    from longtail.workflow.stages import materialize
 
     out = materialize(ks.config(config), log=print)
     ks.log_metrics(metrics, {"objects": len(out["objects"]), "seconds": out["seconds"]})
@@ -43,10 +43,12 @@ def prepare_data(config: dict, scenarios: list[str], features: str, metrics: Out
     """
     import json
 
+    from feature_store.stages import historical_join
     from longtail.workflow import artifacts as ks
     from longtail.workflow.stages import prepare
 
-    out = prepare(ks.config(config), list(scenarios), log=print)
+    cfg = ks.config(config)
+    out = prepare(cfg, list(scenarios), join=historical_join(cfg), log=print)
     ks.log_metrics(metrics, {"rows": out["scenarios"], "seconds": out["seconds"]})
     ks.write_text(report.path, ks.markdown_summary("Training data (point in time, Feast)", out))
     return json.dumps(out["scenarios"])

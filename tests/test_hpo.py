@@ -352,7 +352,7 @@ def _runner(space, journal, budget, seed=0, algorithm="grid", fn=faulty, stoppin
                        log=(lines.append if lines is not None else lambda _: None), poll_seconds=0.02)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_crash_timeout_nan_and_dead_worker_are_recorded_and_the_job_goes_on(tmp_path, calls_dir):
     space = SearchSpace.from_yaml(RUN_SPACE)
     lines: list[str] = []
@@ -375,7 +375,7 @@ def test_crash_timeout_nan_and_dead_worker_are_recorded_and_the_job_goes_on(tmp_
     assert any("trial 2 failed" in line for line in lines) and any("best 0.8000" in line for line in lines)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_stopped_job_resumes_without_rerunning_finished_trials(tmp_path, calls_dir):
     space = SearchSpace.from_yaml("hyperparameters: [{name: t.mode, values: [good, fine]},"
                                   " {name: t.x, type: float, low: 0, high: 1}]")
@@ -406,7 +406,7 @@ _runner(space, {journal!r}, Budget(max_trials=3, parallel=1)).run()
 """
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_killed_runner_resumes_from_its_journal(tmp_path, calls_dir):
     journal = tmp_path / "journal.jsonl"
     code = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), journal=str(journal))
@@ -444,7 +444,7 @@ def curves(params: dict, report) -> float:
     return level + 0.03
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_median_stopping_stops_a_bad_trial(tmp_path, calls_dir):
     space = SearchSpace.from_yaml("hyperparameters: [{name: t.level, values: [0.8, 0.78, 0.79, 0.5]}]")
     result = _runner(space, tmp_path / "journal.jsonl", Budget(max_trials=4, parallel=1), fn=curves,
@@ -456,7 +456,7 @@ def test_median_stopping_stops_a_bad_trial(tmp_path, calls_dir):
     assert (t.loc[[0.8, 0.78, 0.79], "status"] == "finished").all()
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_job_time_limit_cancels_and_a_resume_reruns(tmp_path, calls_dir):
     space = SearchSpace.from_yaml("hyperparameters: [{name: t.mode, values: [slow, good]}]")
     journal = tmp_path / "journal.jsonl"

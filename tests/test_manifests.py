@@ -285,7 +285,7 @@ def test_a_retrain_config_change_in_git_resubmits(tmp_path):
     mounted = [v["configMap"]["name"] for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
     assert mounted == [name1]
     cfg = copy_root / "overlays" / "gpu" / "retrain-config.yaml"
-    cfg.write_text(cfg.read_text().replace("epochs: 5", "epochs: 6"))
+    cfg.write_text(cfg.read_text().replace("parallelism: 4", "parallelism: 6"))
     name2, _ = render()
     assert name2 != name1
 
@@ -310,6 +310,9 @@ def test_retrain_config_is_a_pipelines_config(name):
         f.flush()
         cfg = load_config(pipelines_config.PipelinesJobConfig, f.name)
     assert cfg.cluster.accelerator_limit == (1 if name == "gpu" else 0)
+    production = pipelines_config.PipelineConfig()  # what the manifests do not set is the production default
+    assert cfg.pipeline.recipe == production.recipe and cfg.pipeline.references == ()
+    assert cfg.pipeline.max_rows_per_scenario == 0 and cfg.pipeline.tables.startswith("s3://")
     if name == "gpu":
         assert (cfg.cluster.node_selector_key, cfg.cluster.node_selector_value) == ("longtail.io/pool", "gpu")
 

@@ -15,21 +15,22 @@ import torch
 
 from longtail.config import config_from_dict, config_to_dict
 from longtail.data.prepared import DataConfig, PreparedData, prepare
+from longtail.data.scenario_rows import ScenarioRows
 from longtail.data.splits import TEST
 from longtail.data.tensors import Batch
 from longtail.meta.finetune import (
     MetaConfig,
     create_theta0_store,
-    onboard_scenario,
     one_step_meta_gradient,
     refresh_theta0,
-    scenario_sets,
+    specialise,
 )
 from longtail.meta.server import Theta0Server
-from longtail.meta.strategies import run_meh, run_sinh
 from longtail.meta.update import MetaUpdate, UpdateRule, apply_steps, make_update_id, param_norm
-from longtail.meta.workers import onboard_many
 from longtail.models.heavy import HeavyConfig, build_model
+from longtail.onboarding import Recipe
+from longtail.onboarding.parallel import onboard_many
+from longtail.onboarding.protocol import run_meh, run_sinh
 from longtail.train import TrainConfig, bce_loss
 from longtail.train_job import evaluate_heavy, train_heavy
 
@@ -47,6 +48,10 @@ def theta0(data):
     """θ0 on all scenarios' training rows: (model, transforms)."""
     tr = train_heavy(data, data.scenarios, SMALL, TrainConfig(epochs=3, batch_size=128, device="cpu", seed=0))
     return tr.model.eval(), tr.transforms
+
+
+def _rows(data, scen, transforms, cfg: MetaConfig) -> ScenarioRows:
+    return ScenarioRows.build(data, scen, transforms, query_frac=cfg.query_frac, seed=cfg.seed)
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -83,12 +88,12 @@ def test_first_order_update_is_eta_times_query_gradient_at_theta_u(data, theta0,
     model, transforms = theta0
     scen = data.scenarios[-2]
     cfg = MetaConfig(finetune=FT)
-    res = onboard_scenario(_state(model), transforms, SMALL, data, scen, cfg)
+    res = specialise(_state(model), SMALL, _rows(data, scen, transforms, cfg), cfg)
     old = _state(model)
     assert any(not torch.equal(res.theta_u[k], old[k]) for k in old), "fine-tuning did not move θu"
 
     # independent reference: the mean query BCE of θu, differentiated by autograd
-    sets = scenario_sets(data, scen, transforms, cfg)
+    sets = _rows(data, scen, transforms, cfg)
     theta_u = res.build_model(transforms, SMALL)
     params = dict(theta_u.named_parameters())
     ref = torch.autograd.grad(bce_loss(theta_u(sets.query), sets.query.label), list(params.values()))
@@ -118,7 +123,7 @@ def _double(b: Batch) -> Batch:
 @pytest.mark.unit
 def test_second_order_matches_finite_differences(data, theta0):
     model, transforms = theta0
-    sets = scenario_sets(data, data.scenarios[-3], transforms, MetaConfig())
+    sets = _rows(data, data.scenarios[-3], transforms, MetaConfig())
     support, query = _double(sets.support), _double(sets.query)
     m = build_model(transforms.schema, SMALL)
     m.load_state_dict(model.state_dict())
@@ -179,7 +184,7 @@ def test_huge_shifted_scenario_cannot_dominate_theta0(data, theta0, tmp_path):
     assert len(shifted.rows("train", ["huge"])) > 2 * len(data.rows("train", data.scenarios[1:]))
     rho, eta = 0.01, 50.0  # a reckless η: the trust region alone must hold θ0
     cfg = MetaConfig(finetune=dataclasses.replace(FT, epochs=1, batch_size=512))
-    res = onboard_scenario(_state(model), transforms, SMALL, shifted, "huge", cfg)
+    res = specialise(_state(model), SMALL, _rows(shifted, "huge", transforms, cfg), cfg)
     store = create_theta0_store(tmp_path / "s", model, transforms, SMALL,
                                 UpdateRule(eta=eta, max_update_frac=rho), data.scenarios)
     before = _state(model)
@@ -201,7 +206,7 @@ def test_huge_shifted_scenario_cannot_dominate_theta0(data, theta0, tmp_path):
     assert _mean_auc(probe, transforms, data, others) < auc_before - 0.1
 
     # Eq. 3 with the huge scenario among tiny ones: its share of the summed step is bounded alike
-    small = onboard_scenario(before, transforms, SMALL, data, data.scenarios[-1], cfg, base_version=1)
+    small = specialise(before, SMALL, _rows(data, data.scenarios[-1], transforms, cfg), cfg, base_version=1)
     recs = store.apply_batch([small.to_update(), res.to_update()])
     assert recs[0]["step_norm"] <= rho * recs[0]["theta_norm"] * (1 + 1e-9)
     assert recs[1]["status"] == "duplicate"
@@ -272,7 +277,7 @@ def _submitter(root: str, worker: int, n: int, barrier) -> None:
         server.submit(MetaUpdate(f"w{worker}-{j}", f"s{worker}", base, _grad(worker * 100 + j)))
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_concurrent_workers_each_update_lands_once(tmp_path):
     rule = UpdateRule(eta=0.1, max_update_frac=0, staleness_decay=0.5, max_staleness=2)
     store = Theta0Server.create(tmp_path / "s", _tiny_state(), rule)
@@ -313,20 +318,21 @@ def test_concurrent_workers_each_update_lands_once(tmp_path):
 
 
 @pytest.mark.model
+@pytest.mark.integration
 def test_onboard_many_async_workers_and_sync_batch(data, theta0, tmp_path):
     model, transforms = theta0
-    cfg = MetaConfig(finetune=FT)
+    recipe = Recipe(model=SMALL, meta=MetaConfig(finetune=FT))
     store = create_theta0_store(tmp_path / "s", model, transforms, SMALL, UpdateRule(max_staleness=10),
                                 data.scenarios[:3])
     scen = data.scenarios[2:]
-    results = onboard_many(store, data, scen, cfg, workers=2, mode="async")
+    results = [r.specialised for r in onboard_many(store, data, scen, recipe, workers=2, mode="async")]
     ledger = store.ledger()
     assert sorted(r.scenario for r in results) == sorted(scen)
     assert sorted(u["id"] for u in ledger["updates"]) == sorted(r.update_id for r in results)
     assert all(r.record["status"] == "applied" for r in results) and ledger["current"] == len(scen)
     assert all(r.metrics["test_auc"] is not None or r.metrics["n_test"] < 2 for r in results)
 
-    sync = onboard_many(store, data, data.scenarios[:2], cfg, workers=0, mode="sync")
+    sync = [r.specialised for r in onboard_many(store, data, data.scenarios[:2], recipe, workers=0, mode="sync")]
     assert {r.base_version for r in sync} == {len(scen)}
     assert {r.record["produced"] for r in sync} == {len(scen) + 1}
     assert store.ledger()["versions"][-1]["kind"] == "batch"
@@ -340,7 +346,7 @@ def test_meta_train_refresh_is_a_new_version_and_keeps_feedback(data, theta0, tm
     store = create_theta0_store(tmp_path / "s", model, transforms, SMALL, UpdateRule(max_update_frac=0),
                                 data.scenarios[:2])
     cfg = MetaConfig(finetune=FT)
-    res = onboard_scenario(_state(model), transforms, SMALL, data, data.scenarios[-1], cfg)
+    res = specialise(_state(model), SMALL, _rows(data, data.scenarios[-1], transforms, cfg), cfg)
     _, w0 = store.load()
     # a refresh that started from v0 commits after the feedback made v1: the feedback is kept
     refreshed = {k: v + 0.01 for k, v in w0.items()}
@@ -365,7 +371,7 @@ def test_meh_beats_sinh_on_the_smallest_scenarios(data, tmp_path):
     meta = MetaConfig(finetune=TrainConfig(epochs=3, batch_size=64, device="cpu"), n_initial=4, seed=0)
     smallest = data.scenarios[-3:]
     sinh = run_sinh(data, SMALL, train, scenarios=smallest)
-    meh = run_meh(data, SMALL, train, meta, out=tmp_path / "meh")
+    meh = run_meh(data, Recipe(model=SMALL, train=train, meta=meta), out=tmp_path / "meh")
     t = meh.table.set_index("scenario")
     assert len(meh.info["initial"]) == 4 and sorted(t.index) == sorted(data.scenarios)
     assert list(meh.table["scenario"]) == meh.info["arrival"]  # onboarded in arrival order

@@ -78,3 +78,16 @@ def save_splits(path: str | Path, keys: pd.DataFrame, split: np.ndarray, *, seed
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
     return Path(path)
+
+
+def draw_protocol(scenarios: list[str], n_initial: int, seed: int) -> tuple[list[str], list[str]]:
+    """The paper's protocol: ``n_initial`` scenarios drawn at random, and a random arrival order.
+
+    Returns:
+        (initial scenarios, arrival order of all scenarios), both from one generator seeded by ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    pool = sorted(scenarios)
+    initial = sorted(str(s) for s in rng.choice(pool, size=min(n_initial, len(pool)), replace=False))
+    arrival = [str(s) for s in rng.permutation(pool)]
+    return initial, arrival

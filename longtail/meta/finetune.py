@@ -3,8 +3,8 @@
 For scenario ``u`` (paper Fig. 5 and section III.C):
 
 1. its training rows are split into a support set ``D_u^s`` and a query set ``D_u^q``
-   (`longtail.data.splits.support_query`, ``MetaConfig.query_frac``); its validation rows serve
-   for early stopping and its test rows for evaluation;
+   (`longtail.data.scenario_rows.ScenarioRows`, ``MetaConfig.query_frac``); its validation rows
+   serve for early stopping and its test rows for evaluation;
 2. a copy of θ0 is fine-tuned on ``D_u^s`` into θu: Eq. 1 is one SGD step, a real fine-tune runs
    several epochs of Adam with early stopping (``MetaConfig.finetune``); ``inner="one_step"``
    runs Eq. 1 literally (one full-batch SGD step of rate ``gamma``);
@@ -17,8 +17,8 @@ For scenario ``u`` (paper Fig. 5 and section III.C):
 rows), so parameters are comparable; a new scenario's rows go through θ0's transforms (unseen
 categories map to the out-of-vocabulary index).
 
-`onboard_scenario` is a pure function of plain inputs (state dicts, configs, rows): a local
-worker process, a KFP pod or the test suite run the same code. `meta_train` is the paper's
+`specialise` is a pure function of plain inputs (a state dict, configs, the scenario's rows);
+`longtail.onboarding` wires it with the light model and the references, once. `meta_train` is the paper's
 "further extension": θ0 refreshed on the stored rows of every scenario seen so far.
 """
 
@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from longtail.data.prepared import PreparedData
-from longtail.data.splits import TEST, TRAIN, VALID, support_query
+from longtail.data.scenario_rows import ScenarioRows
+from longtail.data.splits import TRAIN, VALID
 from longtail.data.tensors import Batch
 from longtail.data.transforms import FittedTransforms
 from longtail.meta.server import Theta0Server
@@ -48,9 +49,8 @@ from longtail.train import TrainConfig, TrainResult, bce_loss, fit, resolve_devi
 
 Params = dict[str, torch.Tensor]
 
-__all__ = ["MetaConfig", "OnboardResult", "ScenarioSets", "create_theta0_store", "meta_train",
-           "one_step_meta_gradient", "onboard_scenario", "query_gradient", "refresh_theta0", "scenario_sets",
-           "theta0_context"]
+__all__ = ["MetaConfig", "Specialised", "create_theta0_store", "meta_train", "one_step_meta_gradient",
+           "query_gradient", "refresh_theta0", "specialise", "theta0_context"]
 
 
 def _finetune_default() -> TrainConfig:
@@ -107,53 +107,6 @@ class MetaConfig:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
         if self.n_initial < 1:
             raise ValueError(f"n_initial must be >= 1, got {self.n_initial}")
-
-
-# ---------------------------------------------------------------------- a scenario's rows
-@dataclass
-class ScenarioSets:
-    """A scenario's rows as tensors (θ0's transforms): support, query, validation and test."""
-
-    scenario: str
-    support: Batch
-    query: Batch
-    valid: Batch | None
-    test: Batch | None
-    n_train: int
-
-
-def scenario_sets(data: PreparedData, scenario: str, transforms: FittedTransforms,
-                  meta_cfg: MetaConfig) -> ScenarioSets:
-    """Split a scenario's training rows into support and query sets, and transform everything.
-
-    Args:
-        data: prepared rows with their train/valid/test split.
-        scenario: the scenario.
-        transforms: θ0's fitted transforms (shared by θ0 and every θu).
-        meta_cfg: ``query_frac`` and ``seed`` of the split.
-
-    Returns:
-        The `ScenarioSets` (``valid``/``test`` None when the scenario has no such rows).
-
-    Raises:
-        ValueError: when the scenario has fewer than 2 training rows (no support/query split).
-    """
-    train_df = data.rows(TRAIN, [scenario])
-    if len(train_df) < 2:
-        raise ValueError(f"scenario {scenario!r} has {len(train_df)} training rows; at least 2 are needed to "
-                         "split support and query sets")
-    support, query = support_query(len(train_df), seed=meta_cfg.seed, scenario=scenario,
-                                   query_frac=meta_cfg.query_frac)
-    valid_df = data.rows(VALID, [scenario])
-    test_df = data.rows(TEST, [scenario])
-    return ScenarioSets(
-        scenario=scenario,
-        support=transforms.transform(train_df.iloc[support]),
-        query=transforms.transform(train_df.iloc[query]),
-        valid=transforms.transform(valid_df) if len(valid_df) else None,
-        test=transforms.transform(test_df) if len(test_df) else None,
-        n_train=len(train_df),
-    )
 
 
 # ---------------------------------------------------------------------- gradients
@@ -232,10 +185,10 @@ def one_step_meta_gradient(model: torch.nn.Module, support: Batch, query: Batch,
     return grads, {k: v.detach() for k, v in theta_u.items()}, float(loss_q.detach())
 
 
-# ---------------------------------------------------------------------- onboarding one scenario
+# ---------------------------------------------------------------------- θu for one scenario
 @dataclass
-class OnboardResult:
-    """What onboarding one scenario produces.
+class Specialised:
+    """A scenario-specific heavy model θu and its feedback to θ0.
 
     Attributes:
         scenario: the scenario.
@@ -273,56 +226,52 @@ def _auc_of(model: torch.nn.Module, batch: Batch | None, device: torch.device) -
     return auc(batch.label.numpy(), predict_proba(model, batch, device=device))
 
 
-def onboard_scenario(theta0_state: Mapping[str, torch.Tensor], transforms: FittedTransforms,
-                     model_cfg: HeavyConfig, data: PreparedData, scenario: str, meta_cfg: MetaConfig, *,
-                     base_version: int = 0, update_id: str | None = None) -> OnboardResult:
+def specialise(theta0_state: Mapping[str, torch.Tensor], model_cfg: HeavyConfig, rows: ScenarioRows,
+               meta_cfg: MetaConfig, *, base_version: int = 0, update_id: str | None = None) -> Specialised:
     """Copy θ0, fine-tune it on the scenario's support set into θu, and compute the feedback.
 
     Args:
         theta0_state: θ0's state dict (version ``base_version``); not modified.
-        transforms: θ0's fitted transforms (the scenario's rows are transformed with them).
         model_cfg: θ0's architecture.
-        data: prepared rows holding at least this scenario's rows.
-        scenario: the scenario to onboard.
-        meta_cfg: split, fine-tune and feedback settings.
+        rows: the scenario's rows under θ0's transforms (support/query split by ``meta_cfg``).
+        meta_cfg: fine-tune and feedback settings.
         base_version: θ0's version, recorded with the feedback (the store's staleness rule uses it).
         update_id: id of the feedback (default: `make_update_id(scenario, base_version)`).
 
     Returns:
-        The `OnboardResult` (θu, its query gradient and metrics); nothing is submitted.
+        The `Specialised` θu with its query gradient and metrics; nothing is submitted.
     """
     t0 = time.perf_counter()
-    sets = scenario_sets(data, scenario, transforms, meta_cfg)
+    scenario = rows.scenario
+    support, query = rows.support, rows.query
     ft = meta_cfg.finetune
     device = resolve_device(ft.device)
-    model = build_model(transforms.schema, model_cfg)
+    model = build_model(rows.transforms.schema, model_cfg)
     model.load_state_dict(theta0_state)
     model.to(device)
-    metrics: dict[str, Any] = {"n_train": sets.n_train, "n_support": len(sets.support),
-                               "n_query": len(sets.query),
-                               "n_valid": 0 if sets.valid is None else len(sets.valid),
-                               "n_test": 0 if sets.test is None else len(sets.test)}
+    metrics: dict[str, Any] = {"n_train": len(rows.train), "n_support": len(support), "n_query": len(query),
+                               "n_valid": 0 if rows.valid is None else len(rows.valid),
+                               "n_test": 0 if rows.test is None else len(rows.test)}
     with torch_threads(ft.threads):
-        metrics["valid_auc_theta0"] = _auc_of(model, sets.valid, device)
-        metrics["test_auc_theta0"] = _auc_of(model, sets.test, device)
+        metrics["valid_auc_theta0"] = _auc_of(model, rows.valid, device)
+        metrics["test_auc_theta0"] = _auc_of(model, rows.test, device)
         if meta_cfg.inner == "finetune":
-            result = fit(model, sets.support, sets.valid, ft, description=f"fine-tune {scenario}")
+            result = fit(model, support, rows.valid, ft, description=f"fine-tune {scenario}")
             metrics.update(epochs_run=result.epochs_run, best_epoch=result.best_epoch, steps=result.steps)
-            grads, q_loss = query_gradient(model, sets.query, device=device)
+            grads, q_loss = query_gradient(model, query, device=device)
         else:
-            grads, theta_u, q_loss = one_step_meta_gradient(
-                model, sets.support.to(device), sets.query.to(device), meta_cfg.gamma,
-                second_order=meta_cfg.second_order)
+            grads, theta_u, q_loss = one_step_meta_gradient(model, support.to(device), query.to(device),
+                                                            meta_cfg.gamma, second_order=meta_cfg.second_order)
             with torch.no_grad():
                 for k, p in model.named_parameters():
                     if k in theta_u:
                         p.copy_(theta_u[k])
             metrics.update(epochs_run=1, best_epoch=1, steps=1)
         metrics["query_loss"] = q_loss
-        metrics["valid_auc"] = _auc_of(model, sets.valid, device)
-        metrics["test_auc"] = _auc_of(model, sets.test, device)
+        metrics["valid_auc"] = _auc_of(model, rows.valid, device)
+        metrics["test_auc"] = _auc_of(model, rows.test, device)
     metrics["seconds"] = time.perf_counter() - t0
-    return OnboardResult(
+    return Specialised(
         scenario=scenario,
         theta_u={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         query_gradient={k: v.detach().cpu() for k, v in grads.items()},

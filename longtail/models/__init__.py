@@ -1,6 +1,7 @@
 """Models: behavior-encoder registry, the heavy model of Fig. 2, FLOPs and latency.
 
-Importing the package registers the built-in encoders (``lstm``, ``bert``).
+Importing the package (any of its modules) registers the built-in encoders (``lstm``, ``bert``, and
+``searched``, the light encoder of a genotype).
 """
 
 from longtail.models.encoders import BehaviorEncoder, BertEncoder, LSTMEncoder
@@ -16,6 +17,7 @@ from longtail.models.heavy import (
     step_input_size,
 )
 from longtail.models.latency import measure_latency
+from longtail.models.light import LightEncoder, SearchedEncoder
 from longtail.models.registry import (
     UnknownEncoderError,
     create_encoder,
@@ -30,7 +32,9 @@ __all__ = [
     "HeavyConfig",
     "HeavyModel",
     "LSTMEncoder",
+    "LightEncoder",
     "ProfileEncoder",
+    "SearchedEncoder",
     "SequenceEncoder",
     "UnknownEncoderError",
     "build_behavior_encoder",

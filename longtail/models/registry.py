@@ -43,12 +43,6 @@ class UnknownEncoderError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def _ensure_builtins() -> None:
-    # Built-in encoders register themselves when their module is imported; importing it here
-    # (not at the top) keeps `registry` free of imports of its own users.
-    from longtail.models import encoders, light  # noqa: F401 - registers lstm, bert and searched
-
-
 def register_encoder(name: str) -> Callable[[E], E]:
     """Class decorator that registers a behavior encoder under ``name``.
 
@@ -80,7 +74,6 @@ def register_encoder(name: str) -> Callable[[E], E]:
 
 def list_encoders() -> list[str]:
     """Names of all registered encoders, sorted."""
-    _ensure_builtins()
     return sorted(_REGISTRY)
 
 
@@ -90,7 +83,6 @@ def encoder_class(name: str) -> type[nn.Module]:
     Raises:
         UnknownEncoderError: ``name`` is not registered (a ``KeyError`` and a ``ValueError``).
     """
-    _ensure_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

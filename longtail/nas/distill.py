@@ -11,6 +11,7 @@ Temperature scaling: we follow Eq. 5 as written and do **not** multiply the soft
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,23 @@ from longtail.models.heavy import HeavyConfig
 from longtail.train import TrainConfig, TrainResult, fit
 
 __all__ = ["distill_loss", "distill_loss_fn", "inherit_shared_parts", "teacher_logits", "train_light"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The distillation loss of Eq. 5.
+
+    Args:
+        delta: weight δ of the soft term (the teacher's probabilities); 0 trains on the labels only.
+        temperature: temperature ``T`` of both logits in the soft term.
+    """
+
+    delta: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.delta < 0 or not self.temperature > 0:
+            raise ValueError(f"light.distill: delta {self.delta} must be >= 0 and temperature {self.temperature} > 0")
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -44,7 +44,7 @@ class HeavySearchConfig:
     """
 
     space: ArchSpace = field(default_factory=lambda: ArchSpace(num_layers=6))
-    search: SearchConfig = field(default_factory=lambda: SearchConfig(lambda_flops=0.01))
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(lambda_flops=0.01, flops_penalty="linear"))
     budget_flops: int = 0
     threads: int = 1
     device: str = "auto"

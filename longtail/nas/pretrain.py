@@ -41,7 +41,9 @@ from longtail.data.transforms import FittedTransforms
 from longtail.io import atomic_path, atomic_write_json
 from longtail.model_folder import load_model_dir
 from longtail.models.heavy import HeavyConfig, HeavyModel
+from longtail.nas.config import LightConfig
 from longtail.nas.distill import inherit_shared_parts, teacher_logits
+from longtail.nas.strategies import mel_budget
 from longtail.nas.supernet import build_supernet_model, search
 from longtail.train import resolve_device, torch_threads
 
@@ -60,9 +62,9 @@ def theta0_dir(meh_out: str | Path) -> Path:
     folder = Path(meh_out) / "theta0_final"
     if not (folder / "model.json").exists():
         raise FileNotFoundError(
-            f"{folder}: no θ0 model folder; light.pretrain_epochs > 0 pre-trains the light supernet with the "
+            f"{folder}: no θ0 model folder; light.pretrain.epochs > 0 pre-trains the light supernet with the "
             "MeH run's final θ0 as teacher. Point meh_out at a finished MeH run (run_meh writes theta0_final) "
-            "or set light.pretrain_epochs: 0")
+            "or set light.pretrain.epochs: 0")
     return folder
 
 
@@ -81,11 +83,12 @@ def pooled_batch(data: PreparedData, transforms: FittedTransforms, split: str, m
     return transforms.transform(rows)
 
 
-def _light_settings(light_cfg: Any) -> dict[str, Any]:
+def _light_settings(light_cfg: LightConfig) -> dict[str, Any]:
     """The settings the pre-trained supernet depends on (not the per-scenario ones)."""
     d = config_to_dict(light_cfg)
-    return {k: d[k] for k in ("space", "search", "budget_fraction_of_mel", "delta", "temperature", "mel_encoder",
-                              "mel_layers", "pretrain_epochs", "pretrain_rows", "pretrain_seed")}
+    return {"space": d["space"], "search": d["search"], "budget_fraction_of_mel": d["budget_fraction_of_mel"],
+            "distill": d["distill"], "mel": {k: d["mel"][k] for k in ("encoder", "layers")},
+            "pretrain": d["pretrain"]}
 
 
 def _rows_fingerprint(data: PreparedData) -> str:
@@ -104,7 +107,7 @@ def pretrain_key(settings: dict[str, Any], theta0_weights: bytes, rows: str) -> 
 
 
 def pretrain_supernet(theta0: torch.nn.Module, transforms: FittedTransforms, data: PreparedData,
-                      model_cfg: HeavyConfig, light_cfg: Any, budget: int, log=None) -> tuple[HeavyModel, dict]:
+                      model_cfg: HeavyConfig, light_cfg: LightConfig, budget: int, log=None) -> tuple[HeavyModel, dict]:
     """Search the light supernet on the pooled rows with θ0 as teacher (see the module doc).
 
     Args:
@@ -113,9 +116,9 @@ def pretrain_supernet(theta0: torch.nn.Module, transforms: FittedTransforms, dat
         transforms: θ0's fitted transforms (shared by every θu of the MeH run).
         data: prepared rows with their split.
         model_cfg: θ0's config (profile encoder and head of the light model).
-        light_cfg: a ``LightConfig``: ``pretrain_epochs`` passes of the search over the pooled TRAIN rows
-            (at most ``pretrain_rows``, 0 = all; VALID rows at most a quarter as many), its ``search``
-            settings with its δ and T, and the FLOPs term normalised by ``budget``.
+        light_cfg: the light settings: ``pretrain.epochs`` passes of the search over the pooled TRAIN
+            rows (at most ``pretrain.rows``, 0 = all; VALID rows at most a quarter as many), its
+            ``search`` settings with its ``distill`` δ and T, and the FLOPs term normalised by ``budget``.
         budget: the FLOPs budget per sample (the MeL model's FLOPs × ``budget_fraction_of_mel``).
         log: called with a line when the search starts and ends.
 
@@ -123,16 +126,15 @@ def pretrain_supernet(theta0: torch.nn.Module, transforms: FittedTransforms, dat
         ``(supernet model on the CPU, facts)`` with facts ``n_train, n_valid, steps, seconds``.
     """
     t0 = time.perf_counter()
-    seed = light_cfg.pretrain_seed
-    train = pooled_batch(data, transforms, TRAIN, light_cfg.pretrain_rows, seed)
-    valid = pooled_batch(data, transforms, VALID, light_cfg.pretrain_rows // 4, seed + 1)
-    cfg = dataclasses.replace(light_cfg.search, epochs=light_cfg.pretrain_epochs, delta=light_cfg.delta,
-                              temperature=light_cfg.temperature)
+    seed = light_cfg.pretrain.seed
+    train = pooled_batch(data, transforms, TRAIN, light_cfg.pretrain.rows, seed)
+    valid = pooled_batch(data, transforms, VALID, light_cfg.pretrain.rows // 4, seed + 1)
+    cfg = dataclasses.replace(light_cfg.search, epochs=light_cfg.pretrain.epochs)
     theta0.eval()
     torch.manual_seed(cfg.seed)
     supernet = build_supernet_model(transforms.schema, model_cfg, light_cfg.space)
     inherit_shared_parts(supernet, theta0)
-    distill = light_cfg.delta > 0  # δ = 0: hard labels only, the teacher is not needed
+    distill = light_cfg.distill.delta > 0  # δ = 0: hard labels only, the teacher is not needed
     if log:
         log(f"pre-training the light supernet on {len(train):,} pooled TRAIN rows ({len(valid):,} VALID), "
             f"{cfg.epochs} epochs")
@@ -147,7 +149,7 @@ def pretrain_supernet(theta0: torch.nn.Module, transforms: FittedTransforms, dat
         result = search(supernet, train, valid, cfg,
                         teacher_train=teacher_logits(theta0, train) if distill else None,
                         teacher_valid=teacher_logits(theta0, valid) if distill else None, budget=budget,
-                        on_step=progress)
+                        distill=light_cfg.distill, on_step=progress)
     facts = {"n_train": len(train), "n_valid": len(valid), "steps": len(result.history),
              "seconds": time.perf_counter() - t0,
              "argmax_genotypes": {k: g.to_dict() for k, g in result.argmax_genotypes.items()}}
@@ -161,7 +163,7 @@ def load_pretrained(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)["state"]
 
 
-def pretrained_supernet(theta0: str | Path, data: PreparedData, light_cfg: Any, cache_dir: str | Path | None,
+def pretrained_supernet(theta0: str | Path, data: PreparedData, light_cfg: LightConfig, cache_dir: str | Path | None,
                         log=None) -> tuple[dict[str, torch.Tensor], Path | None]:
     """The pooled pre-trained supernet for a θ0, computed once and cached.
 
@@ -173,21 +175,19 @@ def pretrained_supernet(theta0: str | Path, data: PreparedData, light_cfg: Any, 
             pipelines' ``theta0_init``).
         data: prepared rows with the split θ0 and the θu were trained with; every scenario in it
             is pooled.
-        light_cfg: the ``LightConfig`` (``pretrain_epochs`` > 0).
+        light_cfg: the light settings (``pretrain.epochs`` > 0).
         cache_dir: folder of pre-trained supernets (``None``: compute, do not cache).
         log: progress lines.
 
     Returns:
         ``(supernet state dict, path of the file or None)``.
     """
-    from longtail.nas.strategies import mel_budget
-
     folder = Path(theta0)
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"{folder}: no θ0 model folder to pre-train the light supernet with "
-                                "(set light.pretrain_epochs: 0 to search from scratch)")
-    if light_cfg.pretrain_epochs <= 0:
-        raise ValueError(f"light.pretrain_epochs is {light_cfg.pretrain_epochs}; pre-training needs at least 1 epoch")
+                                "(set light.pretrain.epochs: 0 to search from scratch)")
+    if light_cfg.pretrain.epochs <= 0:
+        raise ValueError(f"light.pretrain.epochs is {light_cfg.pretrain.epochs}; pre-training needs at least 1 epoch")
     key = pretrain_key(_light_settings(light_cfg), (folder / "weights.pt").read_bytes(), _rows_fingerprint(data))
     path = Path(cache_dir) / key / PRETRAIN_FILE if cache_dir is not None else None
     if path is not None and path.exists():

@@ -33,7 +33,7 @@ from longtail.models.flops import linear_flops
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
 from longtail.models.light import AttentiveSum, encoder_fixed_flops, genotype_flops
 from longtail.models.ops import create_op, op_flops
-from longtail.nas.distill import distill_loss
+from longtail.nas.distill import DistillConfig, distill_loss
 from longtail.nas.space import ArchSpace, Genotype, LayerGene
 
 __all__ = [
@@ -247,12 +247,10 @@ class SearchConfig:
         arch_weight_decay: weight decay of ``alpha``.
         tau_max / tau_min: temperature at the first and last step (linear decay).
         lambda_flops: weight λ of the normalised expected FLOPs (Eq. 4).
-        flops_penalty: ``linear`` (Eq. 4: λ · E[FLOPs] / budget, every FLOP costs) or ``hinge``
-            (λ · max(0, E[FLOPs] / budget − 1): only expected FLOPs above the budget cost, so the
-            search does not drift to the cheapest operations when the budget allows better ones;
-            the derivation enforces the budget either way).
-        delta: weight δ of the distillation term (Eq. 5).
-        temperature: distillation temperature.
+        flops_penalty: ``hinge`` (λ · max(0, E[FLOPs] / budget − 1): only expected FLOPs above the
+            budget cost, so the search does not drift to the cheapest operations when the budget
+            allows better ones) or ``linear`` (Eq. 4: λ · E[FLOPs] / budget, every FLOP costs). The
+            derivation enforces the budget either way.
         max_steps: stop after this many steps (0 = no limit).
         max_grad_norm: gradient clipping of the weights (0 = off).
         seed: seed of shuffling and sampling.
@@ -267,9 +265,7 @@ class SearchConfig:
     tau_max: float = 10.0
     tau_min: float = 0.1
     lambda_flops: float = 0.1
-    flops_penalty: Literal["linear", "hinge"] = "linear"
-    delta: float = 1.0
-    temperature: float = 1.0
+    flops_penalty: Literal["linear", "hinge"] = "hinge"
     max_steps: int = 0
     max_grad_norm: float = 5.0
     seed: int = 0
@@ -292,7 +288,8 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
 
 def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
            teacher_train: torch.Tensor | None = None, teacher_valid: torch.Tensor | None = None,
-           budget: int | None = None, on_step: Callable[[dict[str, Any], int], None] | None = None) -> SearchResult:
+           budget: int | None = None, distill: DistillConfig | None = None,
+           on_step: Callable[[dict[str, Any], int], None] | None = None) -> SearchResult:
     """GDAS search: alternate weight steps (train split) and ``alpha`` steps (validation split).
 
     Args:
@@ -303,12 +300,14 @@ def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
         teacher_train / teacher_valid: (N,) precomputed teacher logits aligned with the rows
             (``teacher_logits``); ``None`` uses hard labels only.
         budget: FLOPs per sample; normalises the FLOPs term (default: the largest FLOPs of the space).
+        distill: δ and temperature of the Eq. 5 loss against the teacher logits (default δ 1, T 1).
         on_step: called after every step with the step's record and the total number of steps
             (progress of a long search).
 
     Returns:
         The ``SearchResult``.
     """
+    distill = distill or DistillConfig()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     arch, weights = arch_parameters(model), weight_parameters(model)
@@ -329,7 +328,7 @@ def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
         logits = model(b)  # (b,)
         if teacher is None:
             return distill_loss(logits, logits, b.label, delta=0.0)
-        return distill_loss(logits, teacher[idx].to(device), b.label, cfg.delta, cfg.temperature)
+        return distill_loss(logits, teacher[idx].to(device), b.label, distill.delta, distill.temperature)
 
     model.train()
     for step in range(steps):

@@ -1,9 +1,11 @@
 """The one frozen config of the pipelines' stages (YAML round trip, defaults → file → --set).
 
 Example:
-    >>> cfg = PipelineConfig(tables="data/flights", workspace="runs/pipelines-demo/workspace")
+    >>> cfg = PipelineConfig(tables="data/flights", workspace="runs/pipelines/workspace")
     >>> PipelineConfig.from_dict(cfg.to_dict()) == cfg
     True
+    >>> PipelineConfig.from_dict({"recipe": {"preset": "paper"}}).recipe.light.transfer.rows
+    0
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from longtail.agnostic import HPOCandidateConfig
 from longtail.config import config_from_dict, config_to_dict
-from longtail.meta.finetune import MetaConfig
-from longtail.models.heavy import HeavyConfig
-from longtail.nas.strategies import LightConfig
-from longtail.nas.supernet import SearchConfig
-from longtail.train import TrainConfig
+from longtail.nas.heavy import HeavySearchConfig
+from longtail.onboarding.recipe import Recipe
 
 
 def _drop_none(d: Any) -> Any:
@@ -28,25 +28,40 @@ def _drop_none(d: Any) -> Any:
     return d
 
 
-def _theta0_train() -> TrainConfig:
-    return TrainConfig(epochs=3, patience=1)
+@dataclass(frozen=True)
+class Theta0ChoiceConfig:
+    """How ``theta0: choose`` builds and picks θ0 (`longtail.agnostic.choose_theta0`).
+
+    Args:
+        candidates: which candidates to build (``hpo``: the recipe's heavy model tuned by an HPO job;
+            ``nas``: a heavy encoder found by NAS); one of them skips the choice.
+        hpo: the HPO job behind the ``hpo`` candidate (space, algorithm, trials, time).
+        nas: the heavy-model search behind the ``nas`` candidate.
+    """
+
+    candidates: tuple[str, ...] = ("hpo", "nas")
+    hpo: HPOCandidateConfig = field(default_factory=HPOCandidateConfig)
+    nas: HeavySearchConfig = field(default_factory=HeavySearchConfig)
 
 
-def _meta() -> MetaConfig:
-    return MetaConfig(finetune=TrainConfig(epochs=3, patience=1))
+@dataclass(frozen=True)
+class PromotionConfig:
+    """Champion/challenger promotion of a scenario's new light model (on its VALID rows).
 
+    Args:
+        min_gain: the challenger must score more than the serving model (or, for a scenario nothing
+            serves yet, more than θ0 at the fallback pointer) plus this.
+    """
 
-def _light() -> LightConfig:
-    # the transfer set is drawn from the initial scenarios' rows (at most max_rows_per_scenario each);
-    # Ours is retrained for as many epochs as MeL (retrain_epochs 0) with no learning-rate drops, and
-    # runs once per scenario (restarts 1), to keep the demo's onboarding short
-    return LightConfig(train=TrainConfig(epochs=3, patience=1), search=SearchConfig(epochs=2), min_steps=60,
-                       latency_repeats=20, transfer_rows=4096, retrain_epochs=0, restarts=1, retrain_lr_drops=0)
+    min_gain: float = 0.0
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """Settings of every stage of the bootstrap, onboard and retrain pipelines.
+
+    The defaults are what a cluster run uses (every row, the default recipe, no reference model);
+    the demo's caps and short epochs live in ``configs/demo.yaml``.
 
     Args:
         tables: the table set the feature repo's sources point at (folder or ``s3://`` prefix).
@@ -56,21 +71,21 @@ class PipelineConfig:
         service_version: the ``N`` of the feature service ``<dataset>_v<N>``.
         materialize_days: window of the first materialization into the online store.
         split_seed / test_frac / valid_frac: the train/valid/test split per scenario.
-        max_rows_per_scenario: cap on a scenario's events (a seeded sample; 0 = all rows). The light
-            search is the slow part; the cap keeps a 2-core demo short.
-        theta0: ``predefined`` (train the pre-defined heavy model, `train_heavy`) or ``choose``
-            (HPO-tuned pre-defined vs NAS heavy, the better kept: ``longtail.agnostic.choose_theta0``).
-        model: the heavy architecture (θ0, θu and SinH).
-        train: training of θ0 and of the SinH reference (same settings).
-        meta: fine-tune of θu, support/query split and θ0's update rule (Eq. 2/3).
-        light: MeL and Ours (search, budget, distillation).
-        sinh: also train the SinH reference of each onboarded scenario.
-        parallelism: scenarios onboarded at once in a ParallelFor.
-        fail_scenarios: scenarios whose onboarding raises on purpose (resilience drills and tests).
+        max_rows_per_scenario: cap on a scenario's events (a seeded sample; 0 = all rows).
+        theta0: ``predefined`` (train the recipe's heavy model) or ``choose`` (HPO-tuned pre-defined
+            vs NAS heavy, the better on VALID rows kept, ``theta0_choice``).
+        theta0_choice: the HPO and NAS settings of ``theta0: choose``.
+        recipe: every onboarding setting (`longtail.onboarding.Recipe`: a named preset, overridable).
+        references: reference models each onboarding also trains for the report (``MeL``, ``SinH``);
+            a production onboarding needs none.
+        promotion: champion/challenger promotion of the light models.
+        fallback_pointer: the serving pointer of θ0, which answers scenarios without a model of their
+            own (the serving config's ``fallback_pointer``).
+        parallelism: scenarios onboarded at once (the ``ParallelFor`` limit).
     """
 
-    tables: str = "data/flights"
-    workspace: str = "runs/pipelines-demo/workspace"
+    tables: str = ""
+    workspace: str = "runs/pipelines/workspace"
     registry: str = ""
     feature_variant: Literal["local", "production"] = "local"
     service_version: int = 1
@@ -78,15 +93,27 @@ class PipelineConfig:
     split_seed: int = 0
     test_frac: float = 0.2
     valid_frac: float = 0.1
-    max_rows_per_scenario: int = 2000
+    max_rows_per_scenario: int = 0
     theta0: Literal["predefined", "choose"] = "predefined"
-    model: HeavyConfig = field(default_factory=HeavyConfig)
-    train: TrainConfig = field(default_factory=_theta0_train)
-    meta: MetaConfig = field(default_factory=_meta)
-    light: LightConfig = field(default_factory=_light)
-    sinh: bool = True
-    parallelism: int = 2
-    fail_scenarios: tuple[str, ...] = ()
+    theta0_choice: Theta0ChoiceConfig = field(default_factory=Theta0ChoiceConfig)
+    recipe: Recipe = field(default_factory=Recipe)
+    references: tuple[str, ...] = ()
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    fallback_pointer: str = "_default"
+    parallelism: int = 4
+
+    def __post_init__(self) -> None:
+        from longtail.onboarding import REFERENCES
+
+        bad = sorted(set(self.references) - set(REFERENCES))
+        if bad:
+            raise ValueError(f"references {bad}: use any of {list(REFERENCES)}")
+        if self.max_rows_per_scenario < 0:
+            raise ValueError(f"max_rows_per_scenario is {self.max_rows_per_scenario}; use 0 (every row) or more")
+        if self.parallelism < 1:
+            raise ValueError(f"parallelism is {self.parallelism}; use 1 or more")
+        if not 0 < self.test_frac < 1 or not 0 <= self.valid_frac < 1:
+            raise ValueError(f"test_frac {self.test_frac} must be in (0, 1) and valid_frac {self.valid_frac} in [0, 1)")
 
     @property
     def registry_uri(self) -> str:
@@ -141,7 +168,6 @@ class ClusterConfig:
         caching: KFP caching of deterministic tasks (onboarding is never cached by KFP: the stage
             keeps its own per-scenario results, so a failed scenario is redone and a finished
             one is not).
-        parallelism: scenarios onboarded at once (the ParallelFor limit).
         image: the component image (default: `project_image`).
     """
 
@@ -165,7 +191,6 @@ class ClusterConfig:
         "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
     retries: int = 2
     caching: bool = True
-    parallelism: int = 4
     image: str = ""
 
     def to_dict(self) -> dict[str, Any]:

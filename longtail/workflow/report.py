@@ -38,9 +38,9 @@ def scenario_table(results: list[dict[str, Any]]) -> pd.DataFrame:
         a, f, lat = r["auc"], r["flops"], r["latency_ms"]
         rows.append({"scenario": r["scenario"], "n_train": r["n_train"], "n_test": r["n_test"],
                      "θ0": a.get("theta0"), "SinH": a.get("SinH"), "MeH": a.get("MeH"), "MeL": a.get("MeL"),
-                     "Ours": a.get("Ours"), "flops_heavy": f["heavy"], "flops_mel": f["MeL"], "flops_ours": f["Ours"],
-                     "budget": f["budget"], "latency_heavy_ms": lat["heavy"], "latency_ours_ms": lat["Ours"],
-                     "status": "ok"})
+                     "Ours": a.get("Ours"), "flops_heavy": f.get("heavy"), "flops_mel": f.get("MeL"),
+                     "flops_ours": f.get("Ours"), "budget": f.get("budget"), "latency_heavy_ms": lat.get("heavy"),
+                     "latency_ours_ms": lat.get("Ours"), "status": "ok"})
     cols = ["scenario", "n_train", "n_test", *AUC_COLUMNS, "flops_heavy", "flops_mel", "flops_ours", "budget",
             "latency_heavy_ms", "latency_ours_ms", "status"]
     df = pd.DataFrame(rows, columns=cols)
@@ -75,26 +75,42 @@ def mean_row(df: pd.DataFrame) -> list[str]:
     return ["mean", "", "", *[_fmt(df[c].mean()) for c in AUC_COLUMNS], "", "", "", "", "", ""]
 
 
-def render(results: list[dict[str, Any]], title: str) -> tuple[str, str]:
+def render(results: list[dict[str, Any]], title: str,
+           decisions: dict[str, dict[str, Any]] | None = None) -> tuple[str, str]:
     """The Markdown and HTML reports of a set of scenario results.
 
     The HTML embeds each scenario's architecture pictures (Ours' genotypes) as data URIs, so the one
     file shows everything in the Kubeflow UI.
 
+    Args:
+        results: the scenarios' onboarding results.
+        title: the report's title.
+        decisions: scenario -> its promotion decision (`longtail.onboarding.promotion.Decision.to_dict`).
+
     Returns:
         ``(markdown, html)``.
     """
+    decisions = decisions or {}
     df = scenario_table(results)
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for _, r in df.iterrows()]
     lines += ["| " + " | ".join(mean_row(df)) + " |", ""]
-    lines.append("AUC on each scenario's test split; FLOPs per sample (analytical); batch-1 CPU latency p50.")
+    lines.append("AUC on each scenario's test split (reported only: every choice was made on validation rows); "
+                 "FLOPs per sample (analytical); batch-1 CPU latency p50.")
+    if decisions:
+        lines += ["", "## Promotion (champion/challenger on each scenario's validation rows)", ""]
+        lines += [f"* {s}: {'promoted' if d['promoted'] else 'held'} ({d['reason']})" for s, d in sorted(decisions.items())]
     md = "\n".join(lines) + "\n"
     esc = html_lib.escape
     body = [f"<h1>{esc(title)}</h1>", "<table border='1' cellspacing='0' cellpadding='4'>",
             "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADER) + "</tr>"]
     body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells(r)) + "</tr>" for _, r in df.iterrows()]
     body += ["<tr>" + "".join(f"<td><b>{esc(c)}</b></td>" for c in mean_row(df)) + "</tr>", "</table>"]
+    if decisions:
+        body.append("<h2>Promotion (champion/challenger on each scenario's validation rows)</h2><ul>")
+        body += [f"<li>{esc(s)}: {'promoted' if d['promoted'] else 'held'} ({esc(d['reason'])})</li>"
+                 for s, d in sorted(decisions.items())]
+        body.append("</ul>")
     for r in results:
         for pic in r.get("pictures", []) or []:
             p = Path(pic)

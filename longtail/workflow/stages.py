@@ -2,14 +2,16 @@
 
 Workspace layout (``cfg.workspace``)::
 
-    feature_repo/                 working copy of feature_repo/ (its data/: Feast registry, SQLite store)
-    prepared/<scenario>.parquet   a scenario's events joined point in time (Feast), with a ``_split`` column
+    feature_repo/                 working copy of feature_repo/ (made by the features layer)
+    prepared/<scenario>.parquet   a scenario's events joined point in time, with a ``_split`` column
     theta0_init/                  the initial θ0 model folder (resumable checkpoints)
     theta0/                       the θ0 store (versions, ledger of applied feedback)
-    scenarios/<scenario>/<tag>/   one onboarding: theta_u/, ours/ (model, genotype pictures),
-                                  feedback.pt, result.json (written last) or failed.json
+    theta0_versions/v<N>/         θ0 version N as a model folder (published, served at the fallback pointer)
+    scenarios/<scenario>/<tag>/   one onboarding: theta_u/, feedback.pt, ours/ (the light model folder
+                                  with its genotype pictures), result.json (written last) or failed.json
+    promotion/<tag>.json          the promotion decisions of one onboarding run
     registry/                     the model registry (default)
-    package/                      serving.json (what serves each scenario), report.md / report.html
+    report/                       serving.json (what serves each scenario), report.md / report.html
 
 Every stage is idempotent: a stage whose output exists for the same inputs returns it without
 recomputing (``result.json``, the θ0 store, prepared files), θ0 feedback is applied once per
@@ -17,28 +19,36 @@ update id by the store's ledger, and outputs are written atomically, so a crashe
 failed run is completed by running it again. A failing scenario is reported (``failed.json`` and
 a ``failed`` result) without failing the others; rerunning redoes only the failed ones.
 
+A scenario's onboarding is `longtail.onboarding.onboard`, the same function the CLI and the
+benchmarks call; the stages add the workspace, the registry and promotion around it. Nothing here
+imports feast: `prepare` takes the point-in-time join as an argument (the pipelines' component
+passes Feast's, `feature_store.stages.historical_join`).
+
 Example:
     >>> cfg = PipelineConfig(tables="data/flights", workspace="/tmp/ws")
-    >>> materialize(cfg); prepare(cfg, ["UA", "OO"]); build_theta0(cfg, ["UA"])
-    >>> r = onboard_one(cfg, "OO"); update_theta0(cfg, [r]); package(cfg)
+    >>> prepare(cfg, ["UA", "OO"], join=point_in_time_join_of(cfg)); build_theta0(cfg, ["UA"])
+    >>> r = onboard_one(cfg, "OO"); update_theta0(cfg, [r]); promote(cfg, [r]); write_report(cfg)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from longtail.data.prepared import PreparedData
-from longtail.data.splits import TEST, TRAIN, assign_split
-from longtail.io import atomic_path, atomic_write_json, safe_name
+from longtail.data.scenario_rows import ScenarioRows
+from longtail.data.splits import VALID, assign_split
+from longtail.io import atomic_path, atomic_write_json, atomic_write_text, safe_name
 from longtail.model_folder import save_model_dir
 from longtail.spec import DatasetSpec, SpecError
 from longtail.train_job import evaluate_heavy, train_heavy
@@ -47,8 +57,9 @@ from longtail.workflow.errors import StageError
 
 SPLIT_COL = "_split"
 ONBOARD_TAG = "onboard"
+FAIL_ENV = "LONGTAIL_FAIL_SCENARIOS"  # drills: comma-separated scenarios whose onboarding raises on purpose
 
-
+Join = Callable[[DatasetSpec, pd.DataFrame], pd.DataFrame]
 
 
 def _ws(cfg: PipelineConfig) -> Path:
@@ -64,33 +75,11 @@ def _log(log, msg: str) -> None:
         log(msg)
 
 
-# ---------------------------------------------------------------------- features
-def feature_repo(cfg: PipelineConfig) -> Path:
-    """The run's working copy of ``feature_repo/`` (made on first use, pointed at ``cfg.tables``)."""
-    from feature_store.store import working_repo
-
-    return working_repo(_ws(cfg) / "feature_repo", cfg.tables, service_version=cfg.service_version)
-
-
-def materialize(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
-    """Apply the feature repo (``feast apply``) and materialize the newest values into the online store.
-
-    Returns:
-        The applied object names and the materialized window.
-    """
-    from feature_store.store import apply_repo, data_end, open_store
-    from feature_store.store import materialize as feast_materialize
-
-    t0 = time.perf_counter()
-    repo = feature_repo(cfg)
-    store = open_store(repo, cfg.feature_variant)
-    names = apply_repo(store, repo)
-    _log(log, f"feast apply: {len(names)} objects in {repo}")
-    window = feast_materialize(store, data_end(repo), initial_days=cfg.materialize_days)
-    _log(log, f"materialized {window['views']} from {window['start']} to {window['end']}")
-    out = {"objects": names, **window, "seconds": time.perf_counter() - t0}
-    atomic_write_json(_ws(cfg) / "materialize.json", out)
-    return out
+def _tables(cfg: PipelineConfig) -> str:
+    if not cfg.tables:
+        raise StageError("pipeline.tables is empty: set it to the table-set folder or s3:// prefix "
+                         "(build one with `longtail data build`)")
+    return cfg.tables
 
 
 # ---------------------------------------------------------------------- data preparation
@@ -101,7 +90,7 @@ def _prepared_path(cfg: PipelineConfig, scenario: str) -> Path:
 def _prepare_key(cfg: PipelineConfig, scenario: str) -> str:
     """What a prepared scenario depends on: the table set (and when it was built: new data is
     prepared again, which is what a drift-triggered retrain needs), the cap and the split."""
-    manifest = Path(cfg.tables) / "manifest.json"
+    manifest = Path(_tables(cfg)) / "manifest.json"
     built = json.loads(manifest.read_text()).get("created_unix") if manifest.exists() else None
     return _digest({"tables": cfg.tables, "built": built, "scenario": scenario, "service": cfg.service_version,
                     "cap": cfg.max_rows_per_scenario, "split": [cfg.split_seed, cfg.test_frac, cfg.valid_frac]})
@@ -120,18 +109,21 @@ def cap_events(events: pd.DataFrame, spec: DatasetSpec, max_rows: int, seed: int
     return pd.concat(parts).sort_values(spec.event_timestamp, kind="stable")
 
 
-def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, log=None) -> dict[str, Any]:
-    """Training data per scenario: events joined point in time through Feast, validated and split.
+def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, join: Join,
+            log=None) -> dict[str, Any]:
+    """Training data per scenario: events joined point in time, validated and split.
 
-    The labelled events of each scenario (capped at ``max_rows_per_scenario``) are joined with the
-    feature service by ``get_historical_features`` (each event sees the snapshots as of its time),
-    validated against the spec and split train/valid/test per scenario; each scenario is written
-    to ``prepared/<scenario>.parquet``. Transforms are fitted later, on training rows only, by the
-    stage that trains a model, and saved with it.
+    The labelled events of each scenario (capped at ``max_rows_per_scenario``) are joined by
+    ``join`` (each event sees the snapshots as of its time), validated against the spec and split
+    train/valid/test per scenario; each scenario is written to ``prepared/<scenario>.parquet``.
+    Transforms are fitted later, on training rows only, by the stage that trains a model.
 
     Args:
         cfg: the pipeline config.
         scenarios: scenarios to prepare (default: every scenario of the events table).
+        join: ``join(spec, events) -> frame``, the point-in-time join (the pipelines pass Feast's
+            ``get_historical_features``; `point_in_time_join_of` is the embedded one).
+        log: progress lines.
 
     Returns:
         ``{"scenarios": {name: rows}, "spec": dataset name, "seconds": ...}``.
@@ -142,7 +134,7 @@ def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, log=None
     from longtail.data.tables import TableSet
 
     t0 = time.perf_counter()
-    tables = TableSet.load(cfg.tables)
+    tables = TableSet.load(_tables(cfg))
     spec = tables.spec
     events = tables.read_events()
     known = sorted(events[spec.scenario].astype(str).unique())
@@ -151,15 +143,11 @@ def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, log=None
     if unknown:
         raise StageError(f"scenarios {unknown} are not in column '{spec.scenario}' of {cfg.tables}; known: {known}")
     todo = [s for s in wanted if not _prepared_ok(cfg, s)]
-    rows: dict[str, int] = {}
     if todo:
-        from feature_store.store import historical_frame, open_store
-
         ev = events[events[spec.scenario].astype(str).isin(todo)]
         ev = cap_events(ev, spec, cfg.max_rows_per_scenario, cfg.split_seed)
-        store = open_store(feature_repo(cfg), cfg.feature_variant)
-        _log(log, f"joining {len(ev):,} events of {len(todo)} scenario(s) point in time (Feast)")
-        frame = historical_frame(store, spec, ev, cfg.service_version)
+        _log(log, f"joining {len(ev):,} events of {len(todo)} scenario(s) point in time")
+        frame = join(spec, ev)
         spec.validate(frame)
         for scen, part in frame.groupby(frame[spec.scenario].astype(str), sort=True):
             part = part.reset_index(drop=True)
@@ -169,10 +157,17 @@ def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, log=None
                 part.to_parquet(tmp, index=False)
             atomic_write_json(_prepared_path(cfg, scen).with_suffix(".json"),
                               {"key": _prepare_key(cfg, scen), "rows": len(part)})
-    for s in wanted:
-        rows[s] = json.loads(_prepared_path(cfg, s).with_suffix(".json").read_text())["rows"]
+    rows = {s: json.loads(_prepared_path(cfg, s).with_suffix(".json").read_text())["rows"] for s in wanted}
     spec.to_yaml(_ws(cfg) / "prepared" / "spec.yaml")
     return {"scenarios": rows, "prepared_now": todo, "dataset": spec.name, "seconds": time.perf_counter() - t0}
+
+
+def point_in_time_join_of(cfg: PipelineConfig) -> Join:
+    """The embedded point-in-time join of the config's table set (what Feast's join equals)."""
+    from longtail.data.tables import TableSet, point_in_time_join
+
+    tables = TableSet.load(_tables(cfg))
+    return lambda spec, events: point_in_time_join(tables, events=events)
 
 
 def _prepared_ok(cfg: PipelineConfig, scenario: str) -> bool:
@@ -191,7 +186,7 @@ def load_prepared(cfg: PipelineConfig, scenarios: list[str]) -> PreparedData:
     missing = [s for s in scenarios if not _prepared_path(cfg, s).exists()]
     if missing or not spec_path.exists():
         raise StageError(f"scenarios {missing or scenarios} are not prepared in {_ws(cfg)}; run the prepare stage "
-                         "(`prepare(cfg, scenarios)`) first")
+                         "(`prepare(cfg, scenarios, join=...)`) first")
     spec = DatasetSpec.from_yaml(spec_path)
     frame = pd.concat([pd.read_parquet(_prepared_path(cfg, s)) for s in scenarios], ignore_index=True)
     split = frame.pop(SPLIT_COL).to_numpy(dtype=object)
@@ -208,17 +203,17 @@ def _registry(cfg: PipelineConfig):
 def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict[str, Any]:
     """The agnostic heavy model θ0 on the initial scenarios, as version 0 of the θ0 store.
 
-    ``cfg.theta0 == "predefined"`` trains the pre-defined heavy model (`train_heavy`; transforms
+    ``cfg.theta0 == "predefined"`` trains the recipe's heavy model (`train_heavy`; transforms
     fitted on the initial scenarios' training rows only and saved with it); ``"choose"`` calls
-    ``longtail.agnostic.choose_theta0`` (HPO-tuned pre-defined vs NAS heavy, the better kept).
-    An existing store is returned as it is (idempotent).
+    ``longtail.agnostic.choose_theta0`` (HPO-tuned pre-defined vs NAS heavy, the better on VALID
+    rows kept). θ0 is published and promoted at the fallback pointer, so that every scenario is
+    answered from the start. An existing store is returned as it is (idempotent).
 
     Returns:
         ``{"version", "scenarios", "per_scenario": [...], "registry": {name, version}}``.
     """
     from longtail.meta.finetune import create_theta0_store
     from longtail.meta.server import Theta0Server
-    from longtail.registry import lineage
 
     root = _ws(cfg) / "theta0"
     summary_path = _theta0_summary_path(cfg)
@@ -229,32 +224,63 @@ def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict
         raise StageError("build_theta0: no initial scenarios; pass at least one")
     data = load_prepared(cfg, list(scenarios))
     t0 = time.perf_counter()
+    recipe = cfg.recipe
     if cfg.theta0 == "choose":
         model, transforms, model_cfg, how = _choose_theta0(cfg, data, list(scenarios), log)
     else:
-        tr = train_heavy(data, list(scenarios), cfg.model, cfg.train, _ws(cfg) / "theta0_init",
+        tr = train_heavy(data, list(scenarios), recipe.model, recipe.train, _ws(cfg) / "theta0_init",
                          description="θ0", log=log)
-        model, transforms, model_cfg, how = tr.model, tr.transforms, cfg.model, "predefined"
+        model, transforms, model_cfg, how = tr.model, tr.transforms, recipe.model, "predefined"
     per = evaluate_heavy(model, transforms, data, list(scenarios))
     if root.exists() and not (root / "ledger.json").exists():
-        import shutil
-
         shutil.rmtree(root)  # a store whose creation crashed before its ledger
     if not (root / "ledger.json").exists():
-        create_theta0_store(root, model, transforms, model_cfg, cfg.meta.update, list(scenarios))
+        create_theta0_store(root, model, transforms, model_cfg, recipe.meta.update, list(scenarios))
     save_model_dir(_ws(cfg) / "theta0_init", model, transforms, model_cfg,
                    {"scenarios": list(scenarios), "theta0": how})
-    mv = _registry(cfg).publish(f"{data.spec.name}.theta0", _ws(cfg) / "theta0_init", kind="agnostic",
-                                metrics={"mean_test_auc": float(per["auc"].mean())},
-                                lineage=lineage(data_split={"tables": cfg.tables, "seed": cfg.split_seed},
-                                                theta0_store=str(root), theta0_store_version=0, how=how))
+    ref = publish_theta0(cfg, 0, dataset=data.spec.name, how=how, log=log)
     summary = {"version": 0, "scenarios": list(scenarios), "theta0": how, "seconds": time.perf_counter() - t0,
                "per_scenario": per.replace({np.nan: None}).to_dict("records"),
-               "registry": {"name": mv.name, "version": mv.version}}
+               "registry": {"name": ref[0], "version": ref[1]}}
     atomic_write_json(summary_path, summary)
-    if cfg.light.pretrain_epochs > 0:  # once here, so that parallel onboardings find it cached
+    if recipe.light.pretrain.epochs > 0:  # once here, so that parallel onboardings find it cached
         light_pretrained(cfg, log=log)
     return summary
+
+
+def publish_theta0(cfg: PipelineConfig, version: int, *, dataset: str, how: str = "", log=None) -> tuple[str, int]:
+    """Publish θ0 store version ``version`` and serve it at the fallback pointer (cold start).
+
+    The version is written as a model folder (``theta0_versions/v<N>``) and published once
+    (``<dataset>.theta0``, kind ``agnostic``, the store version in its lineage); a rerun finds it.
+
+    Returns:
+        The registry ``(name, version)``.
+    """
+    from longtail.meta.server import Theta0Server
+    from longtail.onboarding import Theta0
+    from longtail.registry import lineage
+
+    reg = _registry(cfg)
+    name = f"{safe_name(dataset)}.theta0"
+    for v in reversed(reg.list_versions(name)):
+        mv = reg.get(name, v)
+        if mv.lineage.get("theta0_store") == str(_ws(cfg) / "theta0") and mv.lineage.get("theta0_store_version") == version:
+            ref = mv.ref
+            break
+    else:
+        theta0 = Theta0.from_store(Theta0Server(_ws(cfg) / "theta0"), version)
+        folder = _ws(cfg) / "theta0_versions" / f"v{version}"
+        save_model_dir(folder, theta0.build(), theta0.transforms, theta0.config,
+                       {"theta0_store_version": version, "theta0": how})
+        ref = reg.publish(name, folder, kind="agnostic", metrics={"theta0_store_version": version},
+                          lineage=lineage(data_split={"tables": cfg.tables, "seed": cfg.split_seed},
+                                          theta0_store=str(_ws(cfg) / "theta0"), theta0_store_version=version,
+                                          how=how)).ref
+    if reg.serving(cfg.fallback_pointer) != ref:
+        reg.promote(cfg.fallback_pointer, *ref, note=f"θ0 store version {version}")
+        _log(log, f"θ0 v{version} serves at the fallback pointer {cfg.fallback_pointer!r} ({ref[0]} v{ref[1]})")
+    return ref
 
 
 def _theta0_summary_path(cfg: PipelineConfig) -> Path:
@@ -268,18 +294,18 @@ def _initial_scenarios(cfg: PipelineConfig) -> list[str]:
     return list(json.loads(summary_path.read_text())["scenarios"])
 
 
-def light_pretrained(cfg: PipelineConfig, *, log=None) -> dict[str, torch.Tensor]:
+def light_pretrained(cfg: PipelineConfig, *, log=None):
     """The light supernet pre-trained on the initial scenarios' pooled rows with θ0 as teacher.
 
     ``longtail.nas.pretrain.pretrained_supernet`` with the initial θ0 (``theta0_init``) on the
     prepared rows of the scenarios it was trained on, cached in ``<workspace>/light_pretrain/``
     under a key of the light settings, θ0's weights and the rows (computed once; a changed
-    ``light`` config gets its own entry).
+    ``recipe.light`` gets its own entry).
     """
     from longtail.nas.pretrain import pretrained_supernet
 
     data = load_prepared(cfg, _initial_scenarios(cfg))
-    state, _ = pretrained_supernet(_ws(cfg) / "theta0_init", data, cfg.light, _ws(cfg) / "light_pretrain",
+    state, _ = pretrained_supernet(_ws(cfg) / "theta0_init", data, cfg.recipe.light, _ws(cfg) / "light_pretrain",
                                    log=(lambda m: _log(log, f"light: {m}")) if log else None)
     return state
 
@@ -291,9 +317,11 @@ def _choose_theta0(cfg: PipelineConfig, data: PreparedData, scenarios: list[str]
     from longtail.model_folder import load_model_dir
     from longtail.models.heavy import HeavyConfig
 
+    ch = cfg.theta0_choice
     job = AgnosticJobConfig(data=DataConfig(tables=cfg.tables, split_seed=cfg.split_seed, test_frac=cfg.test_frac,
                                             valid_frac=cfg.valid_frac, scenarios=tuple(scenarios)),
-                            n_initial=0, model=cfg.model, train=cfg.train, out=str(_ws(cfg) / "theta0_choose"))
+                            n_initial=0, candidates=ch.candidates, model=cfg.recipe.model, train=cfg.recipe.train,
+                            hpo=ch.hpo, nas=ch.nas, out=str(_ws(cfg) / "theta0_choose"))
     choice = choose_theta0(job, data=data, log=log)
     model, transforms, info = load_model_dir(choice.model_dir)
     return model, transforms, HeavyConfig.from_dict(info["config"]), f"choose:{choice.chosen}"
@@ -315,8 +343,7 @@ def scenario_dir(cfg: PipelineConfig, scenario: str, tag: str = ONBOARD_TAG) -> 
 
 
 def onboard_one(cfg: PipelineConfig, scenario: str, *, tag: str = ONBOARD_TAG, log=None) -> dict[str, Any]:
-    """Onboard one scenario: fine-tune θu from θ0 → query feedback → MeL and Ours light models
-    distilled from θu → evaluate against the SinH and MeL references → publish to the registry.
+    """Onboard one scenario (`longtail.onboarding.onboard`) against the current θ0 and publish its models.
 
     Never raises for a failure of the scenario's own work: it is written to ``failed.json`` and
     returned as ``{"status": "failed", "error": ...}`` so that the other scenarios' results stand;
@@ -329,7 +356,8 @@ def onboard_one(cfg: PipelineConfig, scenario: str, *, tag: str = ONBOARD_TAG, l
             drift-triggered rebuild); an existing result under the same tag is returned as it is.
 
     Returns:
-        The scenario's result (AUCs of θ0, SinH, MeH (θu), MeL, Ours; FLOPs; latency; registry refs).
+        The scenario's result: `Onboarding.summary` (TEST AUC per strategy for the report, VALID AUC,
+        FLOPs, latency) with its registry references and status.
     """
     out = scenario_dir(cfg, scenario, tag)
     done = out / "result.json"
@@ -350,70 +378,32 @@ def onboard_one(cfg: PipelineConfig, scenario: str, *, tag: str = ONBOARD_TAG, l
 
 
 def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> dict[str, Any]:
-    from longtail.meta.finetune import onboard_scenario, theta0_context
     from longtail.meta.server import Theta0Server
-    from longtail.nas.strategies import heavy_costs, run_mel, run_ours
-    from longtail.registry import lineage
+    from longtail.onboarding import Theta0, onboard
+    from longtail.onboarding.promotion import publish_onboarding
 
     t0 = time.perf_counter()
-    if scenario in cfg.fail_scenarios:
-        raise RuntimeError(f"failure injected for scenario {scenario!r} (fail_scenarios)")
-    server = Theta0Server(_ws(cfg) / "theta0")
-    version, state = server.load()
-    transforms, model_cfg = theta0_context(server)
-    # the transfer set of the light models draws from the initial scenarios' TRAIN rows
-    others = [s for s in _initial_scenarios(cfg) if s != scenario] if cfg.light.transfer_rows > 0 else []
+    if scenario in [s.strip() for s in os.environ.get(FAIL_ENV, "").split(",")]:
+        raise RuntimeError(f"failure injected for scenario {scenario!r} ({FAIL_ENV})")
+    recipe = cfg.recipe
+    theta0 = Theta0.from_store(Theta0Server(_ws(cfg) / "theta0"))
+    light = recipe.light
+    # transfer sets (and distillation-scored selection) draw from the initial scenarios' rows
+    needs_others = light.transfer.rows > 0 or light.mel.transfer_rows > 0 or light.retrain.select_on == "distill"
+    others = [s for s in _initial_scenarios(cfg) if s != scenario] if needs_others else []
     data = load_prepared(cfg, [scenario, *others])
-    _log(log, f"{scenario}: fine-tune θu from θ0 v{version}")
-    res = onboard_scenario(state, transforms, model_cfg, data, scenario, cfg.meta, base_version=version)
-    teacher = res.build_model(transforms, model_cfg)
-    save_model_dir(out / "theta_u", teacher, transforms, model_cfg,
-                   {"scenarios": [scenario], "strategy": "MeH", "theta0_store_version": version})
-    with atomic_path(out / "feedback.pt") as tmp:
-        torch.save(res.query_gradient, tmp)
-    atomic_write_json(out / "feedback.json", {"update_id": res.update_id, "scenario": scenario,
-                                              "base_version": version, "info": res.to_update().info})
-    _log(log, f"{scenario}: MeL (pre-defined light) distilled from θu")
-    mel = run_mel(teacher, transforms, data, scenario, model_cfg, cfg.light)
-    _log(log, f"{scenario}: Ours (budget-limited NAS, distilled from θu)")
-    pretrained = light_pretrained(cfg, log=log) if cfg.light.pretrain_epochs > 0 else None
-    ours = run_ours(teacher, transforms, data, scenario, model_cfg, cfg.light, out=out / "ours", pretrained=pretrained)
-    sinh_auc = None
-    if cfg.sinh:
-        _log(log, f"{scenario}: SinH reference (own heavy model, same settings as θ0)")
-        sinh = train_heavy(data, [scenario], model_cfg, cfg.train, description=f"SinH {scenario}")
-        sinh_auc = _first_auc(evaluate_heavy(sinh.model, sinh.transforms, data, [scenario]))
-    heavy_flops, heavy_latency = heavy_costs(teacher, transforms, data, scenario, cfg.light.latency_repeats)
-    auc = {"theta0": res.metrics["test_auc_theta0"], "SinH": sinh_auc, "MeH": res.metrics["test_auc"],
-           "MeL": _nan_none(mel.auc), "Ours": _nan_none(ours.auc)}
-    flops = {"heavy": heavy_flops, "MeL": mel.flops, "Ours": ours.flops, "budget": ours.budget}
-    latency = {"heavy": heavy_latency, "MeL": mel.latency_ms, "Ours": ours.latency_ms}
-    reg = _registry(cfg)
-    dataset = data.spec.name
-    split = {"tables": cfg.tables, "seed": cfg.split_seed}
-    heavy_v = reg.publish(f"{dataset}.{safe_name(scenario)}.heavy", out / "theta_u", kind="specific",
-                          scenario=scenario, metrics={"test_auc": auc["MeH"]},
-                          lineage=lineage(data_split=split, strategy="MeH", theta0_store_version=version, tag=tag))
-    light_v = reg.publish(f"{dataset}.{safe_name(scenario)}.light", out / "ours", kind="light", scenario=scenario,
-                          metrics={"test_auc": auc["Ours"], "flops": ours.flops, "budget": ours.budget,
-                                   "latency_ms": ours.latency_ms, "mel_auc": auc["MeL"]},
-                          lineage=lineage(data_split=split, strategy="Ours", theta0_store_version=version,
-                                          teacher={"name": heavy_v.name, "version": heavy_v.version}, tag=tag))
+    rows = ScenarioRows.build(data, scenario, theta0.transforms, query_frac=recipe.meta.query_frac,
+                              seed=recipe.meta.seed)
+    pretrained = light_pretrained(cfg, log=log) if light.pretrain.epochs > 0 else None
+    if out.exists():  # artifacts of a crashed attempt: this attempt writes them anew
+        shutil.rmtree(out)
+    onboarding = onboard(theta0, rows, recipe, out=out, references=cfg.references, pretrained=pretrained, log=log)
+    refs = publish_onboarding(_registry(cfg), onboarding, dataset=data.spec.name,
+                              data_split={"tables": cfg.tables, "seed": cfg.split_seed}, extra_lineage={"tag": tag})
     pictures = sorted(str(p) for p in (out / "ours").glob("genotype_*.png"))
-    return {"scenario": scenario, "status": "ok", "tag": tag, "theta0_version": version,
-            "update_id": res.update_id, "n_train": len(data.rows(TRAIN, [scenario])),
-            "n_test": len(data.rows(TEST, [scenario])), "auc": auc, "flops": flops, "latency_ms": latency,
-            "genotypes": ours.genotypes, "pictures": pictures,
-            "registry": {"heavy": [heavy_v.name, heavy_v.version], "light": [light_v.name, light_v.version]},
-            "seconds": time.perf_counter() - t0}
-
-
-def _first_auc(per: pd.DataFrame) -> float | None:
-    return _nan_none(float(per["auc"].iloc[0])) if len(per) else None
-
-
-def _nan_none(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+    return {**onboarding.summary(), "status": "ok", "tag": tag, "pictures": pictures,
+            "registry": {k: [v[0], v[1]] for k, v in refs.items()}, "seconds": time.perf_counter() - t0,
+            "step_seconds": onboarding.seconds}
 
 
 def as_results(results: list[Any]) -> list[dict[str, Any]]:
@@ -426,11 +416,15 @@ def update_theta0(cfg: PipelineConfig, results: list[Any], *, log=None) -> dict[
     """Apply the collected query feedback of the onboarded scenarios to θ0 as one step (Eq. 3).
 
     Only scenarios with ``status == "ok"`` contribute. Each feedback has a stable id, so applying
-    the same results again changes nothing (the ledger records replays).
+    the same results again changes nothing (the ledger records replays). The new θ0 version is
+    published and promoted at the fallback pointer.
 
     Returns:
-        ``{"version_before", "version", "applied": [...], "dropped": [...], "duplicates": [...]}``.
+        ``{"version_before", "version", "applied": [...], "dropped": [...], "duplicates": [...],
+        "registry": [name, version]}``.
     """
+    import torch
+
     from longtail.meta.server import Theta0Server
     from longtail.meta.update import MetaUpdate
 
@@ -451,18 +445,19 @@ def update_theta0(cfg: PipelineConfig, results: list[Any], *, log=None) -> dict[
            "duplicates": [r["id"] for r in records if r["status"] == "duplicate"]}
     _log(log, f"θ0 v{before} -> v{out['version']}: {len(out['applied'])} applied, {len(out['dropped'])} dropped, "
               f"{len(out['duplicates'])} already applied")
+    spec = DatasetSpec.from_yaml(_ws(cfg) / "prepared" / "spec.yaml")
+    out["registry"] = list(publish_theta0(cfg, out["version"], dataset=spec.name, log=log))
     return out
 
 
-# ---------------------------------------------------------------------- drift gate, package, promote
+# ---------------------------------------------------------------------- drift gate, promotion, report
 def drift_gate(cfg: PipelineConfig, verdict: str | dict[str, Any], scenarios: list[str] | None = None) -> list[str]:
     """The scenarios to rebuild: those a drift verdict marks ``drifted``.
 
     Args:
         cfg: the pipeline config.
         verdict: a drift verdict, or the path of its JSON file: the ``drift.json`` that ``longtail
-            drift`` writes (`monitoring.run_drift`, Evidently; its ``drifted_scenarios``), or
-            ``{"<scenario>": {"drifted": bool, ...}, ...}``.
+            drift check`` writes (its ``drifted_scenarios``), or ``{"<scenario>": {"drifted": bool, ...}, ...}``.
         scenarios: restrict to these (default: every scenario in the verdict).
 
     Returns:
@@ -478,7 +473,7 @@ def drift_gate(cfg: PipelineConfig, verdict: str | dict[str, Any], scenarios: li
         verdict = json.loads(path.read_text())
     if not isinstance(verdict, dict):
         raise StageError("drift verdict: expected a mapping scenario -> {\"drifted\": bool}")
-    if "drifted_scenarios" in verdict:  # drift.json of `longtail drift` (monitoring.run_drift, Evidently)
+    if "drifted_scenarios" in verdict:  # drift.json of `longtail drift check`
         return sorted(str(s) for s in verdict["drifted_scenarios"] if not scenarios or s in scenarios)
     drifted = []
     for scen, v in verdict.items():
@@ -527,12 +522,58 @@ def collect_results(cfg: PipelineConfig, tag: str | None = None) -> list[dict[st
     return out
 
 
-def package(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
-    """The serving package: what each scenario serves, the feature service, and the report.
+def promote(cfg: PipelineConfig, results: list[Any], *, log=None) -> dict[str, Any]:
+    """Serve each scenario's new light model if it beats the serving one on the scenario's VALID rows.
 
-    Writes ``package/serving.json`` (per scenario the published light and heavy model versions, the
-    θ0 version, the feature service and repo a BentoML service reads) and ``package/report.md`` /
-    ``package/report.html`` (per-scenario AUC table, FLOPs, latency, architecture pictures).
+    Champion/challenger (`longtail.onboarding.promotion.promote_if_better`): the challenger and
+    the model serving the scenario now (for a new scenario: θ0 at the fallback pointer) are scored
+    with their own transforms on the same VALID rows; the pointer moves (compare-and-swap) only when
+    the challenger is better by more than ``promotion.min_gain``. TEST rows are never read. The
+    decisions are written to ``promotion/<tag>.json``.
+
+    Returns:
+        ``{"promoted": {scenario: [name, version]}, "held": {scenario: reason}, "decisions": [...]}``.
+    """
+    from longtail.onboarding.promotion import promote_if_better
+
+    reg = _registry(cfg)
+    floor = reg.serving(cfg.fallback_pointer)
+    promoted, held, decisions = {}, {}, []
+    tags = set()
+    for r in as_results(results):
+        scen = r["scenario"]
+        if r.get("status") == "skipped":
+            continue
+        if r.get("status") != "ok":
+            held[scen] = f"onboarding failed: {r.get('error')}"
+            continue
+        if "light" not in r.get("registry", {}):
+            held[scen] = "no light model was built"
+            continue
+        tags.add(r.get("tag", ONBOARD_TAG))
+        data = load_prepared(cfg, [scen])
+        valid = data.rows(VALID, [scen])
+        d = promote_if_better(reg, scen, tuple(r["registry"]["light"]), valid, label=data.spec.label, floor=floor,
+                              min_gain=cfg.promotion.min_gain, note=f"pipeline {r.get('tag')}")
+        decisions.append(d.to_dict())
+        if d.promoted:
+            promoted[scen] = [d.challenger[0], d.challenger[1]]
+        else:
+            held[scen] = d.reason
+    out = {"promoted": promoted, "held": held, "decisions": decisions}
+    for tag in sorted(tags) or [ONBOARD_TAG]:
+        atomic_write_json(_ws(cfg) / "promotion" / f"{tag}.json", out)
+    _log(log, f"promoted {len(promoted)} scenario(s); held {sorted(held)}")
+    return out
+
+
+def write_report(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
+    """What serves each scenario, and the per-scenario report of the workspace.
+
+    Writes ``report/serving.json`` (per scenario the serving model, the published light and heavy
+    versions, the θ0 version and fallback, the feature service and repo a service reads) and
+    ``report/report.md`` / ``report/report.html`` (per-scenario AUC table, FLOPs, latency,
+    promotion decisions, architecture pictures).
 
     Returns:
         ``{"serving": path, "report_html": path, "report_md": path, "scenarios": n, "failed": [...]}``.
@@ -542,57 +583,34 @@ def package(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
     results = collect_results(cfg)
     spec = DatasetSpec.from_yaml(_ws(cfg) / "prepared" / "spec.yaml")
     ok = [r for r in results if r.get("status") == "ok"]
+    reg = _registry(cfg)
+    fallback = reg.serving(cfg.fallback_pointer)
     serving = {"dataset": spec.name, "feature_service": f"{spec.name}_v{cfg.service_version}",
                "feature_repo": str(_ws(cfg) / "feature_repo"), "feature_variant": cfg.feature_variant,
                "registry": cfg.registry_uri, "theta0_version": theta0_version(cfg),
-               "scenarios": {r["scenario"]: {"light": r["registry"]["light"], "heavy": r["registry"]["heavy"],
-                                             "flops": r["flops"]["Ours"], "auc": r["auc"]["Ours"]} for r in ok}}
-    pkg = _ws(cfg) / "package"
-    atomic_write_json(pkg / "serving.json", serving)
-    md, html = render(results, title=f"{spec.name}: per-scenario results (θ0 v{serving['theta0_version']})")
-    from longtail.io import atomic_write_text
-
-    atomic_write_text(pkg / "report.md", md)
-    atomic_write_text(pkg / "report.html", html)
+               "fallback": {"pointer": cfg.fallback_pointer, "model": list(fallback) if fallback else None},
+               "scenarios": {r["scenario"]: {"serving": list(reg.serving(r["scenario"]) or []) or None,
+                                             "light": r["registry"].get("light"), "heavy": r["registry"].get("heavy"),
+                                             "flops": r["flops"].get("Ours"), "valid_auc": r["valid_auc"].get("Ours")}
+                             for r in ok}}
+    folder = _ws(cfg) / "report"
+    atomic_write_json(folder / "serving.json", serving)
+    decisions = {}
+    for path in sorted((_ws(cfg) / "promotion").glob("*.json")):
+        for d in json.loads(path.read_text()).get("decisions", []):
+            decisions[d["scenario"]] = d
+    md, html = render(results, title=f"{spec.name}: per-scenario results (θ0 v{serving['theta0_version']})",
+                      decisions=decisions)
+    atomic_write_text(folder / "report.md", md)
+    atomic_write_text(folder / "report.html", html)
     failed = [r["scenario"] for r in results if r.get("status") != "ok"]
-    _log(log, f"package: {len(ok)} scenario(s) in {pkg / 'serving.json'}; report {pkg / 'report.html'}"
+    _log(log, f"report: {len(ok)} scenario(s) in {folder / 'serving.json'}; report {folder / 'report.html'}"
               + (f"; FAILED: {failed}" if failed else ""))
-    return {"serving": str(pkg / "serving.json"), "report_html": str(pkg / "report.html"),
-            "report_md": str(pkg / "report.md"), "scenarios": len(ok), "failed": failed}
+    return {"serving": str(folder / "serving.json"), "report_html": str(folder / "report.html"),
+            "report_md": str(folder / "report.md"), "scenarios": len(ok), "failed": failed}
 
 
-def promote(cfg: PipelineConfig, results: list[Any], *, min_auc_gain_over_mel: float = -0.02,
-            log=None) -> dict[str, Any]:
-    """Point each scenario's serving pointer at its new light model when it passes the gate.
-
-    The gate: the light model's test AUC is known and at least the MeL reference's AUC plus
-    ``min_auc_gain_over_mel`` (a small tolerance by default). Promotion is compare-and-swap in the
-    registry and a no-op when the pointer already names the version.
-
-    Returns:
-        ``{"promoted": {scenario: [name, version]}, "held": {scenario: reason}}``.
-    """
-    reg = _registry(cfg)
-    promoted, held = {}, {}
-    for r in as_results(results):
-        scen = r["scenario"]
-        if r.get("status") == "skipped":
-            continue
-        if r.get("status") != "ok":
-            held[scen] = f"onboarding failed: {r.get('error')}"
-            continue
-        ours, mel = r["auc"]["Ours"], r["auc"]["MeL"]
-        if ours is None or (mel is not None and ours < mel + min_auc_gain_over_mel):
-            held[scen] = f"Ours AUC {ours} below MeL {mel} {min_auc_gain_over_mel:+}"
-            continue
-        name, version = r["registry"]["light"]
-        if reg.serving(scen) != (name, int(version)):
-            reg.promote(scen, name, int(version), note=f"pipeline {r.get('tag')}")
-        promoted[scen] = [name, int(version)]
-    _log(log, f"promoted {len(promoted)} scenario(s); held {sorted(held)}")
-    return {"promoted": promoted, "held": held}
-
-
-__all__ = ["StageError", "SpecError", "as_results", "build_theta0", "cap_events", "collect_results", "drift_gate",
-           "feature_repo", "load_prepared", "materialize", "onboard_one", "package", "prepare", "promote",
-           "retrain_one", "retrain_tag", "scenario_dir", "theta0_version", "update_theta0"]
+__all__ = ["FAIL_ENV", "StageError", "SpecError", "as_results", "build_theta0", "cap_events", "collect_results",
+           "drift_gate", "load_prepared", "onboard_one", "point_in_time_join_of", "prepare", "promote",
+           "publish_theta0", "retrain_one", "retrain_tag", "scenario_dir", "theta0_version", "update_theta0",
+           "write_report"]

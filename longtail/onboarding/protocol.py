@@ -1,4 +1,4 @@
-"""The paper's strategies SinH and MeH (section V.A.2), for any dataset a spec describes.
+"""The paper's experimental protocol: the strategies SinH and MeH (section V.A.2), for any dataset a spec describes.
 
 * **SinH** (Single-Heavy): one heavy model per scenario, trained on that scenario's rows only.
 * **MeH** (Meta-Heavy): ``n_initial`` (8 in the paper) scenarios drawn at random initialise θ0
@@ -12,6 +12,7 @@ an output folder they write ``config.yaml``, ``per_scenario.csv`` and, last, ``m
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,18 +24,19 @@ import pandas as pd
 
 from longtail.config import config_to_dict, save_config
 from longtail.data.prepared import DataConfig, PreparedData, prepare
-from longtail.data.splits import TEST, TRAIN
+from longtail.data.scenario_rows import ScenarioRows
+from longtail.data.splits import TEST, TRAIN, draw_protocol
 from longtail.io import atomic_path, atomic_write_json, safe_name
 from longtail.meta.finetune import MetaConfig, create_theta0_store, refresh_theta0
 from longtail.meta.server import Theta0Server
-from longtail.meta.workers import onboard_many
 from longtail.model_folder import save_model_dir
 from longtail.models.heavy import HeavyConfig, build_model
+from longtail.onboarding.recipe import Recipe
 from longtail.train import TrainConfig
-from longtail.train_job import evaluate_heavy, train_heavy
+from longtail.train_job import train_heavy
 
-__all__ = ["RefreshJobConfig", "StrategyJobConfig", "StrategyResult", "draw_protocol", "publish_strategy",
-           "run_meh", "run_refresh", "run_sinh", "run_strategy"]
+__all__ = ["LightJobConfig", "RefreshJobConfig", "StrategyJobConfig", "StrategyResult", "meh_run_data",
+           "publish_strategy", "run_light_job", "run_meh", "run_refresh", "run_sinh", "run_strategy"]
 
 TABLE_COLUMNS = ["scenario", "n_train", "n_test", "auc"]
 
@@ -83,10 +85,11 @@ def _save_meh_models(out: Path, store: Theta0Server, results: list, transforms, 
     """Write every θu (``out/models/<scenario>``) and the final θ0 (``out/theta0_final``) as model folders."""
     model = build_model(transforms.schema, model_cfg)
     for r in results:
-        model.load_state_dict(r.theta_u)
+        spec = r.specialised
+        model.load_state_dict(spec.theta_u)
         save_model_dir(out / "models" / safe_name(r.scenario), model, transforms, model_cfg, {
-            "scenarios": [r.scenario], "strategy": "MeH", "theta0_store_version": r.base_version,
-            "test_auc": r.metrics.get("test_auc")})
+            "scenarios": [r.scenario], "strategy": "MeH", "theta0_store_version": spec.base_version,
+            "valid_auc": spec.metrics.get("valid_auc"), "test_auc": spec.metrics.get("test_auc")})
     version, state = store.load()
     model.load_state_dict(state)
     save_model_dir(out / "theta0_final", model, transforms, model_cfg, {
@@ -134,13 +137,11 @@ def publish_strategy(result: StrategyResult, out: Path, registry_uri: str, *, da
     return published
 
 
-def _test_auc(per: pd.DataFrame) -> float:
-    return float(per["auc"].iloc[0]) if len(per) else float("nan")
-
-
 def run_sinh(data: PreparedData, model_cfg: HeavyConfig, train_cfg: TrainConfig, *,
              scenarios: list[str] | None = None, out: str | Path | None = None, log=None) -> StrategyResult:
     """SinH: train one heavy model per scenario on its own rows, evaluate on its test rows.
+
+    Each scenario is `longtail.onboarding.core.sinh_reference`, the reference the onboarding trains.
 
     Args:
         data: prepared rows with their split.
@@ -153,93 +154,85 @@ def run_sinh(data: PreparedData, model_cfg: HeavyConfig, train_cfg: TrainConfig,
     Returns:
         The `StrategyResult`.
     """
+    from longtail.onboarding.core import sinh_reference
+
     t0 = time.perf_counter()
     out = Path(out) if out is not None else None
     rows, per_scen = [], {}
     for i, scen in enumerate(scenarios or data.scenarios):
         folder = out / "models" / safe_name(scen) if out else None
-        trained = train_heavy(data, [scen], model_cfg, train_cfg, folder, description=f"SinH {scen}")
-        a = _test_auc(evaluate_heavy(trained.model, trained.transforms, data, [scen]))
+        ref = sinh_reference(data, scen, model_cfg, train_cfg, folder)
+        a = np.nan if ref["auc"] is None else ref["auc"]
         rows.append({"scenario": scen, "n_train": len(data.rows(TRAIN, [scen])),
-                     "n_test": len(data.rows(TEST, [scen])),
-                     "auc": a, "seconds": trained.seconds})
-        per_scen[scen] = trained.seconds
+                     "n_test": len(data.rows(TEST, [scen])), "auc": a, "seconds": ref["seconds"]})
+        per_scen[scen] = ref["seconds"]
         if log:
-            log(f"SinH {scen} ({i + 1}): test AUC {a:.4f} in {trained.seconds:.1f}s")
+            log(f"SinH {scen} ({i + 1}): test AUC {a:.4f} in {ref['seconds']:.1f}s")
     result = StrategyResult("SinH", pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "seconds"]),
                             {"total": time.perf_counter() - t0, "per_scenario": per_scen})
     _write(result, out)
     return result
 
 
-def draw_protocol(scenarios: list[str], n_initial: int, seed: int) -> tuple[list[str], list[str]]:
-    """The paper's protocol: ``n_initial`` scenarios drawn at random, and a random arrival order.
-
-    Returns:
-        (initial scenarios, arrival order of all scenarios), both from one generator seeded by ``seed``.
-    """
-    rng = np.random.default_rng(seed)
-    pool = sorted(scenarios)
-    initial = sorted(str(s) for s in rng.choice(pool, size=min(n_initial, len(pool)), replace=False))
-    arrival = [str(s) for s in rng.permutation(pool)]
-    return initial, arrival
-
-
-def run_meh(data: PreparedData, model_cfg: HeavyConfig, train_cfg: TrainConfig, meta_cfg: MetaConfig, *,
-            out: str | Path | None = None, workers: int = 1, log=None) -> StrategyResult:
+def run_meh(data: PreparedData, recipe: Recipe, *, out: str | Path | None = None, workers: int = 1,
+            log=None) -> StrategyResult:
     """MeH: θ0 from ``n_initial`` random scenarios, then every scenario onboarded in arrival order.
 
-    Each arriving scenario is fine-tuned from the current θ0 (θu, evaluated on its test rows) and
-    its query feedback updates θ0 (Eq. 2, the store's conservative rule) before the next one. With
-    ``workers > 1`` scenarios are onboarded concurrently instead (asynchronous feedback, applied
-    in completion order).
+    Each arriving scenario is onboarded (`longtail.onboarding.onboard`, θu only: its light step is
+    off) from the current θ0 and its query feedback updates θ0 (Eq. 2, the store's conservative
+    rule) before the next one. With ``workers > 1`` scenarios are onboarded concurrently instead
+    (asynchronous feedback, applied in completion order).
 
     Args:
         data: prepared rows with their split.
-        model_cfg: the pre-defined heavy architecture.
-        train_cfg: training of the initial θ0 (same settings as SinH for a fair comparison).
-        meta_cfg: fine-tune, feedback rule, ``n_initial`` and ``seed`` of the protocol.
-        out: when set, the initial θ0 (``out/theta0_init``), the θ0 store (``out/theta0``) and
-            the results are written there; otherwise the store lives in a temporary folder.
+        recipe: θ0's architecture and training (``model``, ``train``; the same settings as SinH for a
+            fair comparison), and the fine-tune, feedback rule, ``n_initial`` and ``seed`` (``meta``).
+        out: when set, the initial θ0 (``out/theta0_init``), the θ0 store (``out/theta0``), every θu
+            (``out/models/<scenario>``), the final θ0 (``out/theta0_final``) and the results are
+            written there; otherwise the store lives in a temporary folder.
         workers: concurrent onboarding processes (1: strictly in arrival order, in this process).
         log: called with one line per scenario.
 
     Returns:
         The `StrategyResult`.
     """
+    from longtail.onboarding.parallel import onboard_many
+
     t0 = time.perf_counter()
+    meta_cfg = recipe.meta
     out = Path(out) if out is not None else None
     initial, arrival = draw_protocol(data.scenarios, meta_cfg.n_initial, meta_cfg.seed)
-    theta0 = train_heavy(data, initial, model_cfg, train_cfg, out / "theta0_init" if out else None,
+    theta0 = train_heavy(data, initial, recipe.model, recipe.train, out / "theta0_init" if out else None,
                          description="MeH θ0")
     if log:
         log(f"MeH θ0 on {len(initial)} initial scenarios {initial}: {theta0.seconds:.1f}s")
     tmp = tempfile.TemporaryDirectory(prefix="theta0-") if out is None else None
     root = Path(tmp.name) / "theta0" if tmp else out / "theta0"
     try:
-        store = create_theta0_store(root, theta0.model, theta0.transforms, model_cfg, meta_cfg.update,
+        store = create_theta0_store(root, theta0.model, theta0.transforms, recipe.model, meta_cfg.update,
                                     initial)
-        results = onboard_many(store, data, arrival, meta_cfg, workers=workers, mode="async")
+        results = onboard_many(store, data, arrival, recipe, workers=workers, mode="async")
         final_version = store.current_version
         if out is not None:
-            _save_meh_models(out, store, results, theta0.transforms, model_cfg)
+            _save_meh_models(out, store, results, theta0.transforms, recipe.model)
     finally:
         if tmp:
             tmp.cleanup()
     order = {s: i for i, s in enumerate(arrival)}
     rows = []
     for r in results:
-        m = r.metrics
+        m = r.specialised.metrics
         rows.append({"scenario": r.scenario, "n_train": m["n_train"], "n_test": m["n_test"],
                      "auc": np.nan if m["test_auc"] is None else m["test_auc"],
                      "auc_theta0": np.nan if m["test_auc_theta0"] is None else m["test_auc_theta0"],
+                     "valid_auc": np.nan if m["valid_auc"] is None else m["valid_auc"],
                      "initial": r.scenario in initial, "arrival": order[r.scenario],
-                     "base_version": r.base_version,
-                     "status": (r.record or {}).get("status"), "seconds": m["wall_seconds"],
+                     "base_version": r.specialised.base_version,
+                     "status": (r.specialised.record or {}).get("status"), "seconds": r.seconds["job"],
                      "onboard_seconds": m["seconds"]})
         if log:
             log(f"MeH {r.scenario}: θ0 AUC {rows[-1]['auc_theta0']:.4f} -> θu AUC {rows[-1]['auc']:.4f}, "
-                f"feedback {rows[-1]['status']} ({m['wall_seconds']:.1f}s)")
+                f"feedback {rows[-1]['status']} ({r.seconds['job']:.1f}s)")
     table = pd.DataFrame(rows).sort_values("arrival").reset_index(drop=True)
     result = StrategyResult(
         "MeH", table,
@@ -259,9 +252,7 @@ class StrategyJobConfig:
 
     Args:
         data: the table set and its split.
-        model: the pre-defined heavy architecture.
-        train: training settings (SinH models; MeH's initial θ0).
-        meta: MeH's fine-tune, feedback rule and protocol.
+        recipe: the onboarding settings: θ0's (and SinH's) ``model`` and ``train``, MeH's ``meta``.
         strategy: ``sinh`` or ``meh``.
         workers: MeH's concurrent onboarding processes (1: strict arrival order).
         registry: when set (a path, ``file://`` or ``s3://`` URI), every model is published there
@@ -269,9 +260,7 @@ class StrategyJobConfig:
     """
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: HeavyConfig = field(default_factory=HeavyConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    meta: MetaConfig = field(default_factory=MetaConfig)
+    recipe: Recipe = field(default_factory=Recipe)
     strategy: Literal["sinh", "meh"] = "meh"
     workers: int = 1
     registry: str = ""
@@ -288,15 +277,15 @@ def run_strategy(cfg: StrategyJobConfig, out: str | Path, *, log=print) -> dict[
     save_config(cfg, out / "config.yaml")
     data = prepare(cfg.data)
     if cfg.strategy == "sinh":
-        result = run_sinh(data, cfg.model, cfg.train, out=out, log=log)
+        result = run_sinh(data, cfg.recipe.model, cfg.recipe.train, out=out, log=log)
     elif cfg.strategy == "meh":
-        result = run_meh(data, cfg.model, cfg.train, cfg.meta, out=out, workers=cfg.workers, log=log)
+        result = run_meh(data, cfg.recipe, out=out, workers=cfg.workers, log=log)
     else:
         raise ValueError(f"strategy must be 'sinh' or 'meh', got {cfg.strategy!r}")
     metrics = {**result.to_metrics(), "dataset": data.spec.name, "config": config_to_dict(cfg)}
     if cfg.registry:
         metrics["published"] = publish_strategy(result, out, cfg.registry, dataset=safe_name(data.spec.name),
-                                                encoder=cfg.model.encoder, split_seed=cfg.data.split_seed,
+                                                encoder=cfg.recipe.model.encoder, split_seed=cfg.data.split_seed,
                                                 tables=cfg.data.tables, log=log)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -329,3 +318,135 @@ def run_refresh(cfg: RefreshJobConfig, *, log=print) -> dict[str, Any]:
     log(f"θ0 refreshed on {len(record['scenarios'])} scenarios: v{record['parent']} -> v{record['version']} "
         f"(valid AUC {record['train']['best_valid_auc']})")
     return record
+
+
+# ---------------------------------------------------------------------- light models of a MeH run
+@dataclass(frozen=True)
+class LightJobConfig:
+    """The effective config of ``longtail nas light`` (saved as ``config.yaml`` in ``out``).
+
+    Args:
+        meh_out: the MeH run folder (``longtail meta run --strategy meh``) whose ``models/<scenario>``
+            are the teachers and whose ``theta0_final`` is θ0.
+        data: the table set and split; empty ``data.tables`` reads the MeH run's own (its
+            ``config.yaml``), so that θu saw no test row.
+        recipe: the light settings (``recipe.light``) and the support/query split (``recipe.meta``).
+        scenarios: scenarios to run (empty: every scenario with a saved θu).
+        references: references to train beside Ours (``MeL``, ``SinH``).
+        out: job folder: ``per_scenario.csv``, ``<scenario>/ours`` (the light model folder with its
+            genotype pictures) and, last, ``metrics.json``.
+        registry: when set, every Ours model is published there (kind ``light``).
+    """
+
+    meh_out: str = ""
+    data: DataConfig = field(default_factory=lambda: DataConfig(tables=""))
+    recipe: Recipe = field(default_factory=Recipe)
+    scenarios: tuple[str, ...] = ()
+    references: tuple[str, ...] = ("MeL",)
+    out: str = "runs/light"
+    registry: str = ""
+
+
+LIGHT_COLUMNS = ["scenario", "n_train", "n_test", "auc_meh", "auc_mel", "auc_ours", "valid_auc_ours", "flops_heavy",
+                 "flops_mel", "flops_ours", "budget", "latency_heavy_ms", "latency_mel_ms", "latency_ours_ms",
+                 "seconds_ours"]
+
+
+def meh_run_data(meh_out: str | Path) -> DataConfig:
+    """The table set and split a MeH run was made with (its ``config.yaml``).
+
+    Raises:
+        FileNotFoundError: the folder is not a finished MeH run (names the fix).
+    """
+    from longtail.config import config_from_dict
+
+    folder = Path(meh_out)
+    if not (folder / "metrics.json").exists() or not (folder / "theta0_final" / "model.json").exists():
+        raise FileNotFoundError(f"{folder}: not a finished MeH run (no metrics.json or theta0_final/); make one with "
+                                "`longtail meta run --strategy meh --data TABLES --out DIR`")
+    path = folder / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the MeH run does not record its table set; pass --data TABLES (the table "
+                                "set and split the MeH run was trained on)")
+    import yaml
+
+    return config_from_dict(StrategyJobConfig, yaml.safe_load(path.read_text()) or {}, str(path)).data
+
+
+def run_light_job(cfg: LightJobConfig, log=None) -> pd.DataFrame:
+    """Ours (and the references) for every θu of a MeH run: `longtail.onboarding.onboard` with that θu.
+
+    Returns:
+        One row per scenario (`LIGHT_COLUMNS`; test AUCs for the report).
+    """
+    from longtail.model_folder import load_model_dir
+    from longtail.onboarding.core import Theta0, onboard
+    from longtail.onboarding.promotion import publish_onboarding
+
+    say = log or (lambda _m: None)
+    if not cfg.meh_out:
+        raise FileNotFoundError("meh_out is empty: pass --meh-out RUN, a finished `longtail meta run --strategy meh`")
+    meh = Path(cfg.meh_out)
+    data_cfg = cfg.data if cfg.data.tables else meh_run_data(meh)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(dataclasses.replace(cfg, data=data_cfg), out / "config.yaml")
+    data = prepare(data_cfg)
+    models = meh / "models"
+    scenarios = list(cfg.scenarios) or [s for s in data.scenarios if (models / safe_name(s) / "model.json").exists()]
+    missing = [s for s in scenarios if not (models / safe_name(s) / "model.json").exists()]
+    if missing:  # before any pre-training or search is spent
+        raise FileNotFoundError(f"{models}: no θu for scenarios {missing}; were they onboarded by the MeH run?")
+    theta0 = Theta0.from_model_dir(meh / "theta0_final")
+    recipe = cfg.recipe
+    pretrained = None
+    if recipe.light.pretrain.epochs > 0 and scenarios:
+        from longtail.nas.pretrain import pretrained_supernet
+
+        pretrained, _ = pretrained_supernet(meh / "theta0_final", data, recipe.light, out / "pretrain", log=say)
+    reg = None
+    if cfg.registry:
+        from longtail.registry import open_registry
+
+        reg = open_registry(cfg.registry)
+    rows, published = [], []
+    for scen in scenarios:
+        teacher = load_model_dir(models / safe_name(scen))[0]
+        scen_rows = ScenarioRows.build(data, scen, theta0.transforms, query_frac=recipe.meta.query_frac,
+                                       seed=recipe.meta.seed)
+        done = onboard(theta0, scen_rows, recipe, out=out / safe_name(scen), teacher=teacher,
+                       references=cfg.references, pretrained=pretrained, log=say)
+        s = done.summary()
+        rows.append({"scenario": scen, "n_train": s["n_train"], "n_test": s["n_test"],
+                     "auc_meh": _na(evaluate_teacher(teacher, scen_rows)), "auc_mel": _na(s["auc"].get("MeL")),
+                     "auc_ours": _na(s["auc"]["Ours"]), "valid_auc_ours": _na(s["valid_auc"].get("Ours")),
+                     "flops_heavy": s["flops"]["heavy"], "flops_mel": s["flops"]["MeL"], "flops_ours": s["flops"]["Ours"],
+                     "budget": s["flops"]["budget"], "latency_heavy_ms": s["latency_ms"]["heavy"],
+                     "latency_mel_ms": _na(s["latency_ms"].get("MeL")), "latency_ours_ms": s["latency_ms"]["Ours"],
+                     "seconds_ours": s["seconds"]["ours"]})
+        say(f"{scen}: Ours test AUC {rows[-1]['auc_ours']:.4f} ({rows[-1]['flops_ours']:,} FLOPs, budget "
+            f"{rows[-1]['budget']:,}); MeL {rows[-1]['auc_mel']:.4f}")
+        if reg is not None:
+            refs = publish_onboarding(reg, done, dataset=safe_name(data.spec.name),
+                                      data_split={"tables": data_cfg.tables, "seed": data_cfg.split_seed},
+                                      extra_lineage={"teacher_folder": str(models / safe_name(scen))})
+            published.append({"scenario": scen, "name": refs["light"][0], "version": refs["light"][1]})
+    table = pd.DataFrame(rows, columns=LIGHT_COLUMNS)
+    with atomic_path(out / "per_scenario.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_json(out / "metrics.json", {
+        "mean_auc_mel": float(table["auc_mel"].mean()), "mean_auc_ours": float(table["auc_ours"].mean()),
+        "per_scenario": table.replace({np.nan: None}).to_dict(orient="records"), "published": published,
+        "config": config_to_dict(dataclasses.replace(cfg, data=data_cfg))})
+    return table
+
+
+def evaluate_teacher(teacher, rows: ScenarioRows) -> float | None:
+    """θu's test AUC on the scenario's rows (for the report)."""
+    from longtail.metrics import auc, predict_proba
+
+    return auc(rows.test_labels, predict_proba(teacher, rows.test))
+
+
+def _na(x: float | None) -> float:
+    return np.nan if x is None else float(x)
