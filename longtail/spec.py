@@ -5,13 +5,14 @@ may know about a dataset. It round-trips through YAML and validates dataframes w
 name the column, what is wrong, and how to fix it.
 
 Example:
-    >>> spec = DatasetSpec.from_yaml("longtail/specs/flights.yaml")
+    >>> spec = TableSet.load("data/flights").spec     # or ImportSpec.from_yaml(...).dataset_spec()
     >>> spec.validate(df)           # raises SpecError naming the bad column
     >>> spec.to_yaml("spec.yaml")
 
 A prepared dataframe (one row per labelled event, the output of the point-in-time join) has:
     * the scenario column, the binary label, the event timestamp and the entity keys;
-    * one column per profile feature;
+    * one column per profile feature, and per profile table with a ``timestamp_field`` its as-of
+      column ``{profile}__{timestamp_field}`` (naive UTC; NaT when the event found no row);
     * per behavior sequence ``s`` and per step field ``f``, a list column ``s__f`` holding that
       field for each step, oldest first; the list length is the number of steps (<= max_length);
       every field of one sequence has the same length in a row.
@@ -135,8 +136,9 @@ class ProfileSpec:
             this table holds.
         view: the table's file stem and Feast feature view (default ``profile_{name}``).
         timestamp_field: when set, the table holds a column ``{name}__{timestamp_field}`` with the
-            time its values were known; the join carries it into each event's row, where a value at or
-            after the event time is a leakage error and a missing one is a join miss.
+            time its values were known (naive UTC datetimes, as in list columns); the join carries it
+            into each event's row, where a value at or after the event time is a leakage error and a
+            missing one (no row found) is a join miss.
         required: every event must find a row of this table known before its event time (a join
             miss is an error); when False, misses are allowed (counted by validation) and the
             table's numeric features must be nullable.
@@ -483,7 +485,7 @@ class DatasetSpec:
             first = df[miss].iloc[0]
             out.append(
                 f"{where}: {int(miss.sum())} of {len(df)} event(s) found no row known before their event time "
-                f"(a join miss, not a NaN value), e.g. {p.entity_key}={first[p.entity_key]!r} at "
+                f"(a join miss, not a NaN value), e.g. {p.entity_key}={_plain(first[p.entity_key])!r} at "
                 f"{first[self.event_timestamp]}; add those rows, make the key's values and type match the events', "
                 "or check the table's time column; set required: false for the profile to allow misses")
         ok = ~miss
@@ -497,7 +499,7 @@ class DatasetSpec:
                 out.append(
                     f"{where}: {int(leaked.sum())} event(s) got a snapshot known at or after their "
                     f"'{self.event_timestamp}' (leakage), e.g. row {rows.index[0]} ({p.entity_key}="
-                    f"{first[p.entity_key]!r}, known {first[col]}, event {first[self.event_timestamp]}); a profile "
+                    f"{_plain(first[p.entity_key])!r}, known {first[col]}, event {first[self.event_timestamp]}); a profile "
                     "snapshot may only hold what was known strictly before the prediction time: stamp it later")
         return out
 
@@ -584,6 +586,11 @@ def scenario_counts(spec: DatasetSpec, df: pd.DataFrame) -> pd.DataFrame:
     g = y.groupby(df[spec.scenario].astype(str), observed=True)
     out = pd.DataFrame({"rows": g.size(), "positives": g.sum()}).rename_axis("scenario").reset_index()
     return out.sort_values(["rows", "scenario"], ascending=[False, True]).reset_index(drop=True)
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages: 2, not np.int64(2))."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _utc_naive(ts: pd.Series) -> np.ndarray:

@@ -302,7 +302,9 @@ def test_csv_files_through_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "merged into other" in out and "sequence history:" in out
     ts = TableSet.load(tmp_path / "ratings")
-    assert ts.spec.views == ["profile_user", "profile_item", "behavior_history", "behavior_item_history"]
+    assert ts.spec.views == ["profile_user", "profile_item", "profile_history_count", "behavior_history",
+                             "behavior_item_history"]
+    assert ts.read_events().shape[0] == len(point_in_time_join(ts)["n_ratings"].dropna())
     ratings = pd.read_csv(tmp_path / "raw" / "ratings.csv")
     assert ts.manifest["meta"]["events_read"] == len(ratings)
     ev = ts.read_events()
@@ -424,3 +426,20 @@ def test_the_import_report_is_in_the_manifest(tmp_path):
     meta = json.loads((ts.root / "manifest.json").read_text())["meta"]
     assert meta["import_spec"]["name"] == "shop" and meta["events"] == 4
     assert meta["coverage"]["clicks"] == {"events_without_history": 0, "mean_steps": 2.0}
+
+
+def test_a_log_can_count_the_steps_known_so_far():
+    """``count_as``: every step of the entity before the event, not only the newest ``max_length``."""
+    seq = _spec()["sequences"][0] | {"count_as": "n_clicks", "max_length": 1}
+    spec = ImportSpec.from_dict(_spec(sequences=[seq]))
+    ds = spec.dataset_spec()
+    assert ds.profile("clicks_count").features == ("n_clicks",) and ds.profile("clicks_count").required
+    df = _join(spec)
+    assert df["n_clicks"].tolist() == [2.0, 3.0, 1.0, 2.0]
+    assert [len(v) for v in df["clicks__dwell"]] == [1, 1, 1, 1]
+    assert ds.problems(df) == []
+    # an entity with no step before its event counts 0, not a join miss
+    frames = _frames()
+    frames["clicks"] = frames["clicks"][frames["clicks"]["user_id"] == 1]
+    df = _join(spec, frames)
+    assert df["n_clicks"].tolist() == [2.0, 3.0, 0.0, 0.0] and ds.problems(df) == []

@@ -417,6 +417,19 @@ def test_load_gives_the_same_predictions(reg, model_dir, synthetic_frame):
     assert info["note"] == "tiny"
 
 
+def test_load_finds_the_model_folder_of_a_published_run_folder(reg, model_dir, tmp_path):
+    """The pipelines publish a light model's run folder: ``model/`` beside its architecture pictures."""
+    import shutil
+
+    path, _, _ = model_dir
+    run = tmp_path / "ours"
+    shutil.copytree(path, run / "model")
+    (run / "genotype_actions.png").write_bytes(b"png")
+    reg.publish("light", run, kind="light", scenario="s0", metrics={}, lineage=lineage(data_split={"seed": 0}))
+    _, _, info = reg.load("light", 1)
+    assert info["note"] == "tiny"
+
+
 def test_pickled_objects_are_never_loaded(reg, model_dir, tmp_path, monkeypatch):
     import shutil
 

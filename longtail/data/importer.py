@@ -187,6 +187,9 @@ class LogSource(Source):
         available_after: a step is known this long after ``time`` (default ``0s``).
         refresh: the log's snapshots are refreshed every period (e.g. ``1h``); empty: each step at its own time.
         view: the snapshot table's file and Feast view name (default ``behavior_<name>``).
+        count_as: when set, also a numeric profile feature of this name: how many steps of the entity the
+            log holds known before the event (all of them, not only the newest ``max_length``; 0 before
+            the first), in a profile table ``<name>_count`` (view ``profile_<name>_count``).
     """
 
     name: str
@@ -199,6 +202,7 @@ class LogSource(Source):
     available_after: str = "0s"
     refresh: str = ""
     view: str = ""
+    count_as: str = ""
 
     def field_names_without_time(self) -> list[str]:
         return [f.name for f in self.numeric] + [c.name for c in self.categorical]
@@ -284,6 +288,9 @@ class ImportSpec:
                         view=p.view or f"profile_{p.name}", timestamp_field=p.time or STATIC_TIME_FIELD,
                         required=p.required, static=not p.time)
             for p in self.profiles)
+        counts = [s for s in self.sequences if s.count_as]
+        profiles += tuple(ProfileSpec(name=f"{s.name}_count", entity_key=s.key, features=(s.count_as,),
+                                      view=f"profile_{s.name}_count", timestamp_field=s.time) for s in counts)
         sequences = tuple(
             SequenceSpec(name=s.name, numeric=s.numeric, categorical=s.categorical, max_length=s.max_length,
                          padding=s.padding, timestamp_field=s.time, entity_key=s.key,
@@ -293,7 +300,8 @@ class ImportSpec:
             return DatasetSpec(
                 name=self.name, scenario=ev.scenario, label=ev.label, event_timestamp=ev.time,
                 entity_keys=tuple(ev.keys),
-                profile_numeric=tuple(f for p in self.profiles for f in p.numeric),
+                profile_numeric=tuple(f for p in self.profiles for f in p.numeric)
+                + tuple(NumericFeature(s.count_as, normalization="log_standard") for s in counts),
                 profile_categorical=tuple(c for p in self.profiles for c in p.categorical),
                 sequences=sequences, description=self.description, profiles=profiles,
                 scenario_rules=self.scenarios)
@@ -601,7 +609,7 @@ def _events(spec: ImportSpec, reader: _Reader) -> pd.DataFrame:
     if pd.api.types.is_bool_dtype(y.dtype):
         y = y.astype("int64")
     elif pd.api.types.is_numeric_dtype(y.dtype):
-        values = set(np.unique(y.to_numpy()))
+        values = {v.item() if isinstance(v, np.generic) else v for v in np.unique(y.to_numpy())}
         if not values <= {0, 1}:
             raise ImportSpecError(f"events: label column '{ev.label}' holds {sorted(values)[:6]}; the label must be 0/1 "
                                   f"or true/false: derive one, e.g. derive: {{liked: '{ev.label} >= 4'}} and label: liked")
@@ -642,7 +650,31 @@ def _profile(src: ProfileSource, spec: DatasetSpec, reader: _Reader, where: str)
     return out[newest.to_numpy()].reset_index(drop=True), int((~newest).sum())
 
 
-def _sequence(src: LogSource, spec: DatasetSpec, reader: _Reader, where: str, stages: Progress) -> pd.DataFrame:
+def _step_counts(steps: pd.DataFrame, src: LogSource, spec: DatasetSpec, keys: np.ndarray) -> pd.DataFrame:
+    """The ``count_as`` profile table of a log: per entity and stamp, the steps known so far.
+
+    ``steps`` is sorted by (key, stamp, time). Every key of ``keys`` (the events') also gets a row
+    with count 0 known at the epoch, so an event before its entity's first step counts 0.
+    """
+    p = spec.profile(f"{src.name}_count")
+    count = steps.groupby(src.key, sort=False).cumcount().to_numpy() + 1
+    last = ~steps.duplicated([src.key, "_stamp"], keep="last").to_numpy()  # the newest step of each stamp
+    rows = pd.DataFrame({src.key: steps[src.key].to_numpy()[last], SNAPSHOT_TS: steps["_stamp"].to_numpy()[last],
+                         src.count_as: count[last].astype(float),
+                         p.time_column: steps[src.time].dt.tz_localize(None).to_numpy()[last]})
+    logged = steps[src.key].to_numpy()
+    if keys.dtype != logged.dtype:  # ids as text in one file, numbers in the other: made text for both later
+        keys, logged = keys.astype(str), logged.astype(str)
+    zero = pd.DataFrame({src.key: pd.unique(np.concatenate([keys, logged]))})
+    zero[SNAPSHOT_TS] = visibility_stamp(pd.Series(STATIC_KNOWN_AT, index=zero.index, dtype="datetime64[ns, UTC]"))
+    zero[src.count_as] = 0.0
+    zero[p.time_column] = STATIC_KNOWN_AT.tz_localize(None)
+    out = pd.concat([zero, rows.astype({SNAPSHOT_TS: zero[SNAPSHOT_TS].dtype})], ignore_index=True)
+    return out.sort_values([src.key, SNAPSHOT_TS], kind="stable").reset_index(drop=True)
+
+
+def _sequence(src: LogSource, spec: DatasetSpec, reader: _Reader, where: str, stages: Progress,
+              event_keys: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     seq = spec.sequence(src.name)
     df = reader.table(src, where, [src.key, src.time, *src.field_names_without_time()])
     steps = pd.DataFrame({src.key: df[src.key], src.time: _utc(df[src.time], src, where)})
@@ -666,6 +698,7 @@ def _sequence(src: LogSource, spec: DatasetSpec, reader: _Reader, where: str, st
     cuts.append(len(steps))
     parts = []
     stage = f"sequence {src.name}"
+    counts = _step_counts(steps, src, spec, event_keys) if src.count_as else None
     stages(stage, 0, len(steps))
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         if b <= a:
@@ -676,8 +709,8 @@ def _sequence(src: LogSource, spec: DatasetSpec, reader: _Reader, where: str, st
         stages(stage, b, len(steps))
     if not parts:
         empty = steps.drop(columns="_stamp")
-        return snapshot_table(empty, key=src.key, stamp=steps["_stamp"], time_col=src.time, seq=seq)
-    return pd.concat(parts, ignore_index=True)
+        return snapshot_table(empty, key=src.key, stamp=steps["_stamp"], time_col=src.time, seq=seq), counts
+    return pd.concat(parts, ignore_index=True), counts
 
 
 def _coverage(spec: DatasetSpec, events: pd.DataFrame, table: pd.DataFrame, key: str,
@@ -724,7 +757,10 @@ def build_tables(spec: ImportSpec, base_dir: str | Path = ".", *, frames: Mappin
         profiles_raw[src.name] = _profile(src, ds, reader, f"profiles[{i}] ('{src.name}')")
     behaviors: dict[str, pd.DataFrame] = {}
     for i, src in enumerate(spec.sequences):
-        behaviors[src.name] = _sequence(src, ds, reader, f"sequences[{i}] ('{src.name}')", stages)
+        behaviors[src.name], counts = _sequence(src, ds, reader, f"sequences[{i}] ('{src.name}')", stages,
+                                                events[src.key].to_numpy())
+        if counts is not None:
+            profiles_raw[f"{src.name}_count"] = (counts, 0)
     keyed = [("events", events, k) for k in spec.events.keys]
     keyed += [(f"profile '{n}'", df, ds.profile(n).entity_key) for n, (df, _) in profiles_raw.items()]
     keyed += [(f"sequence '{n}'", df, ds.sequence_entity(ds.sequence(n))) for n, df in behaviors.items()]

@@ -390,6 +390,8 @@ class ModelRegistry:
             for f in sorted(path.rglob("*")):
                 if f.suffix in WEIGHT_SUFFIXES:
                     check_weights_only(f)
+            if not (path / "model.json").exists() and (path / "model" / "model.json").exists():
+                path = path / "model"  # a light model's run folder (model/ beside its architecture pictures)
             return load_model_dir(path)
 
     # ------------------------------------------------------------------ serving pointers
