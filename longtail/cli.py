@@ -132,9 +132,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     for k, v in ts.manifest["rows"].items():
         t.add_row(k, f"{v:,}")
     console.print(t)
-    dropped = {k: v["dropped"] for k, v in meta["inputs"].items() if isinstance(v, dict) and "dropped" in v}
-    for where, n in dropped.items():
-        console.print(f"{where.removesuffix('.where')}: {n:,} row(s) left out by its `where`")
+    for where, n in meta["left_out_by_where"].items():
+        console.print(f"{where}: {n:,} row(s) left out by its `where`")
     for rec in meta["scenario_policy"]:
         console.print(f"[yellow]scenario {rec['scenario']}[/yellow]: {rec['rows']} row(s), {rec['positives']} "
                       f"positive: {rec['action']} (scenarios: min_rows {ts.spec.scenario_rules.min_rows}, "

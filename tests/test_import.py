@@ -443,3 +443,9 @@ def test_a_log_can_count_the_steps_known_so_far():
     frames["clicks"] = frames["clicks"][frames["clicks"]["user_id"] == 1]
     df = _join(spec, frames)
     assert df["n_clicks"].tolist() == [2.0, 3.0, 0.0, 0.0] and ds.problems(df) == []
+
+
+def test_rows_left_out_by_where_are_reported(tmp_path, capsys):
+    spec = _spec(events={**_spec()["events"], "where": "shop == 'a'"})
+    r = build_tables(ImportSpec.from_dict(spec), frames=_frames())
+    assert r.report["left_out_by_where"] == {"events": 2} and len(r.events) == 2

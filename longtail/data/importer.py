@@ -365,7 +365,8 @@ class _Reader:
         self.base_dir = base_dir
         self.frames = dict(frames or {})
         self.cache: dict[str, pd.DataFrame] = {}
-        self.inputs: dict[str, dict[str, Any]] = {}
+        self.inputs: dict[str, dict[str, Any]] = {}  # file -> rows, bytes
+        self.filtered: dict[str, int] = {}  # table -> rows its `where` left out
 
     def _file(self, path_text: str, where: str) -> pd.DataFrame:
         if path_text in self.frames:
@@ -421,7 +422,7 @@ class _Reader:
             except Exception as e:
                 raise ImportSpecError(f"{where}.where: cannot evaluate {src.where!r} over {src.path} "
                                       f"({type(e).__name__}: {e}); columns: {list(df.columns)}") from None
-            self.inputs.setdefault(f"{where}.where", {})["dropped"] = len(df) - len(kept)
+            self.filtered[where] = len(df) - len(kept)
             df = kept
         missing = [c for c in need if c not in df.columns]
         if missing:
@@ -796,6 +797,7 @@ def build_tables(spec: ImportSpec, base_dir: str | Path = ".", *, frames: Mappin
         "source": "import",
         "import_spec": spec.to_dict(),
         "inputs": reader.inputs,
+        "left_out_by_where": reader.filtered,
         "events_read": n_read,
         "events": len(events),
         "scenario_policy": scenario_report,
