@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving clean
+.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving bench-import clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-hpo: $(STAMP)
 ## the serving service on loopback: p50/p99 and errors, light vs heavy, single vs batched; then a schemathesis fuzz run
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
+
+## `longtail data import` on the flights raw files: rows/s from parquet and CSV, hourly vs per-event stamps (QUICK=1: January)
+bench-import: $(STAMP)
+	$(BIN)/python bench/import.py $(if $(QUICK),--quick,)
 
 ## compile bootstrap, onboard and retrain to KFP IR YAML (build/pipelines/)
 pipelines-compile: $(STAMP)
