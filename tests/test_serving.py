@@ -198,14 +198,22 @@ def test_the_model_cache_is_bounded_by_memory(tiny, example):
 
 class _CountingStore:
     def __init__(self, store):
-        self._store, self.reads = store, 0
+        self._store, self.keys = store, []
+
+    @property
+    def reads(self) -> int:
+        return len(self.keys)
+
+    @reads.setter
+    def reads(self, value: int) -> None:
+        self.keys = []
 
     def get_with_etag(self, key):
-        self.reads += 1
+        self.keys.append(key)
         return self._store.get_with_etag(key)
 
     def get_bytes(self, key):
-        self.reads += 1
+        self.keys.append(key)
         return self._store.get_bytes(key)
 
     def __getattr__(self, name):
@@ -219,6 +227,44 @@ def test_a_poll_is_one_read_of_the_serving_index(tiny):
     counting.reads = 0
     assert p.refresh() == []
     assert counting.reads == 1
+
+
+def test_an_s3_registry_is_served_with_one_read_per_poll(tiny, example, monkeypatch):
+    """The same lazy loading, index and hot reload on S3 (a real S3-protocol server on loopback)."""
+    import uuid
+
+    from s3server import S3Server
+
+    from longtail.registry.store import make_s3_client
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with S3Server() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        make_s3_client(endpoint).create_bucket(Bucket="serving")
+        uri = f"s3://serving/{uuid.uuid4().hex}"
+        reg = open_registry(uri)
+        agn = reg.publish("agnostic", tiny.folders["agnostic"], kind="agnostic", metrics={}, lineage=lineage())
+        reg.promote("_default", *agn.ref)
+        light = reg.publish("light-x", tiny.folders["light"], kind="light", scenario=tiny.light_scenario,
+                            metrics={}, lineage=lineage())
+        reg.promote(tiny.light_scenario, *light.ref)
+        counting = _CountingStore(reg.store)
+        p = Predictor(ServingConfig(registry=uri, poll_seconds=0, preload=False),
+                      registry=ModelRegistry(counting)).start(background=False)
+        first = p.predict(PredictRequest(tiny.light_scenario, **example))
+        assert (first.model_name, first.model_version, p.index_source) == ("light-x", 1, "index")
+        again = reg.publish("light-x", tiny.folders["light"], kind="light", scenario=tiny.light_scenario,
+                            metrics={}, lineage=lineage())
+        counting.reads = 0
+        assert p.refresh() == [] and counting.keys == ["index/serving.json"]  # a poll: one GET
+        reg.promote(tiny.light_scenario, *again.ref)
+        counting.reads = 0
+        assert p.refresh() == [tiny.light_scenario]
+        assert [k for k in counting.keys if not k.startswith("models/")] == ["index/serving.json"]  # + the new model
+        after = p.predict(PredictRequest(tiny.light_scenario, **example))
+        assert after.model_version == 2 and after.probability == pytest.approx(first.probability, abs=1e-12)
 
 
 def _corrupt_copy(tiny, dest: Path) -> str:

@@ -106,6 +106,7 @@ class _NotFast(Exception):
 _NUMBER = frozenset((float, int))
 _NUMBER_OR_NULL = frozenset((float, int, type(None)))
 _TEXT_OR_NULL = frozenset((str, type(None)))
+_TEXT = frozenset((str,))
 
 
 def _number(v: Any, field: str, nullable: bool) -> float:
@@ -234,17 +235,18 @@ class _Sequence:
             if type(steps) is not list or (n >= 0 and len(steps) != n):
                 raise _NotFast
             n = len(steps)
-            ns = []
-            for v in steps:
-                t = _TIME_CACHE.get(v) if type(v) is str else None
-                if t is None:
-                    t = _iso_ns(v) if type(v) is str else None
-                    if t is None:
-                        raise _NotFast
-                    if len(_TIME_CACHE) >= _TIME_CACHE_SIZE:
-                        _TIME_CACHE.clear()
-                    _TIME_CACHE[v] = t
-                ns.append(t)
+            if not set(map(type, steps)) <= _TEXT:
+                raise _NotFast
+            ns = list(map(_TIME_CACHE.get, steps))  # hourly step times repeat across requests
+            if None in ns:
+                for i, v in enumerate(steps):
+                    if ns[i] is None:
+                        t = _iso_ns(v)
+                        if t is None:
+                            raise _NotFast
+                        if len(_TIME_CACHE) >= _TIME_CACHE_SIZE:
+                            _TIME_CACHE.clear()
+                        _TIME_CACHE[v] = ns[i] = t
             stamps = np.array(ns, dtype=np.int64)
         if with_none:
             columns = [[math.nan if v is None else v for v in c] for c in columns]
