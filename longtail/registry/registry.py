@@ -419,14 +419,20 @@ class ModelRegistry:
         Raises:
             UnsafeModelError: a weights file is not a plain state dict of tensors.
         """
+        import pickle
+
         from longtail.model_folder import load_model_dir
 
         with tempfile.TemporaryDirectory(prefix="longtail-model-") as tmp:
             path = self.download(name, version, Path(tmp) / "model")
+            weights = path / "weights.pt"
             for f in sorted(path.rglob("*")):
-                if f.suffix in WEIGHT_SUFFIXES:
+                if f.suffix in WEIGHT_SUFFIXES and f != weights:  # weights.pt: load_model_dir reads it weights-only
                     check_weights_only(f)
-            return load_model_dir(path)
+            try:
+                return load_model_dir(path)
+            except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused an object
+                raise _unsafe(weights, e) from None
 
     # ------------------------------------------------------------------ serving pointers
     def pointer(self, scenario: str) -> ServingState:
@@ -684,10 +690,14 @@ def check_weights_only(path: str | Path) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UnsafeModelError(f"{path}: refused: not a weights-only file (torch.load with weights_only=True "
-                               f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}). "
-                               "The registry only stores state dicts of tensors; save "
-                               "model.state_dict(), never a pickled module or object") from None
+        raise _unsafe(path, e) from None
+
+
+def _unsafe(path: str | Path, e: Exception) -> UnsafeModelError:
+    return UnsafeModelError(f"{path}: refused: not a weights-only file (torch.load with weights_only=True "
+                            f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                            "The registry only stores state dicts of tensors; save "
+                            "model.state_dict(), never a pickled module or object")
 
 
 def _model_files(model_dir: Path, exclude: Iterable[str]) -> list[str]:
