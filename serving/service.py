@@ -124,7 +124,8 @@ class OneLineClientErrors(logging.Filter):
             what = f"{exc.error_count()} validation error(s); first: {where}: {first.get('msg', '')}"
         else:
             what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        record.msg, record.args = "400 on %s", (f"{record.args[0] if record.args else '?'}: {what}",)
+        status = 400 if type(exc).__name__ == "ValidationError" else _status(exc)
+        record.msg, record.args = "%d on %s", (status, f"{record.args[0] if record.args else '?'}: {what}")
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

@@ -289,6 +289,27 @@ def test_corrupt_weights_make_their_scenario_degraded_not_fallback(tiny, example
     assert p.predict(PredictRequest("a-new-scenario", **example)).fallback  # the others are served
 
 
+def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(tiny, example, tmp_path):
+    shutil.copytree(tiny.registry.store.root, tmp_path / "registry")
+    reg = open_registry(tmp_path / "registry")
+    p = Predictor(ServingConfig(registry=str(tmp_path / "registry"), poll_seconds=0)).start(background=False)
+    req = PredictRequest(tiny.light_scenario, **example)
+    before = p.predict(req)
+    mv = reg.publish(before.model_name, tiny.folders["light"], kind="light", scenario=tiny.light_scenario,
+                     metrics={}, lineage=lineage())
+    weights = tmp_path / "registry" / "models" / mv.name / "versions" / str(mv.version) / "files" / "weights.pt"
+    weights.write_bytes(b"not the published bytes")
+    reg.promote(tiny.light_scenario, *mv.ref)
+    assert p.refresh() == [tiny.light_scenario]
+    after = p.predict(req)
+    assert (after.model_version, after.probability) == (before.model_version, before.probability)
+    described = p.models()["scenarios"][tiny.light_scenario]
+    assert described["state"] == "loaded" and described["model_version"] == before.model_version
+    assert described["pending"]["model_version"] == mv.version and "IntegrityError" in described["pending"]["error"]
+    degraded = p.health()["degraded"][tiny.light_scenario]
+    assert degraded["serving"] == {"model_name": before.model_name, "model_version": before.model_version}
+
+
 def test_queued_requests_are_batched_without_waiting(tiny, example):
     p = Predictor(_config(tiny, preload=False)).start()
     try:

@@ -444,10 +444,11 @@ class Predictor:
                      ) -> ModelUnavailableError:
         whose = f"the fallback model (pointer {self.config.fallback_pointer!r})" if fallback else \
             f"the promoted model of scenario {scenario!r}"
+        retry = (f"the load is retried every {self.config.load_retry_seconds:g}s" if self.config.poll_seconds > 0
+                 else "restart the service to retry (poll_seconds: 0)")
         return ModelUnavailableError(
             f"'{field}': {whose}, {ref[0]} v{ref[1]}, could not be loaded ({failure.error}); it is not answered by "
-            f"another model. Promote a good version or roll back; the load is retried every "
-            f"{self.config.load_retry_seconds:g}s", field=field)
+            f"another model. Promote a good version or roll back; {retry}", field=field)
 
     def _loaded_or_raise(self, scenario: str, ref: Ref, slot: ModelSlot | None, field: str,
                          fallback: bool) -> ModelSlot:
