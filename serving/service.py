@@ -88,14 +88,21 @@ def _item(result: Any) -> dict[str, Any]:
 
 def _observe():
     """Predictor events -> Prometheus metrics (scenario labels only for served scenarios: bounded)."""
+    children: dict[tuple, tuple[Any, Any]] = {}  # labelled series, looked up once per (scenario, version)
 
     def observer(event: str, data: dict[str, Any]) -> None:
         if event == "prediction":
-            scenario = data["scenario"] if not data["fallback"] else "_fallback"
-            PREDICTIONS.labels(scenario=scenario, model_name=data["model_name"],
-                               model_version=str(data["model_version"]),
-                               served_by="fallback" if data["fallback"] else "scenario").inc()
-            LATENCY.labels(scenario=scenario).observe(data["seconds"])
+            scenario = data["scenario"] if not data["fallback"] else "_fallback"  # unknown names: one series
+            key = (scenario, data["model_name"], data["model_version"])
+            series = children.get(key)
+            if series is None:
+                series = children[key] = (
+                    PREDICTIONS.labels(scenario=scenario, model_name=data["model_name"],
+                                       model_version=str(data["model_version"]),
+                                       served_by="fallback" if data["fallback"] else "scenario"),
+                    LATENCY.labels(scenario=scenario))
+            series[0].inc()
+            series[1].observe(data["seconds"])
         elif event == "batch":
             BATCH.observe(data["size"])
         elif event == "error":

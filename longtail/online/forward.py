@@ -282,16 +282,26 @@ class _OrtGraph:
 
     def bind(self, model: nn.Module) -> Forward:
         tensors = _state_tensors(model)
-        weights = {n: t.numpy() for n, t in zip(self.weight_names, tensors, strict=True) if n in self.used}
+        weights = {n: np.ascontiguousarray(t.numpy()) for n, t in zip(self.weight_names, tensors, strict=True)
+                   if n in self.used}
         inputs = [(i, n) for i, n in enumerate(self.input_names) if n in self.used]
         session = self.session
+        # the weights are bound once (an I/O binding per model); a call binds only the request's arrays, which
+        # saves converting every weight array on every call. A binding is state: one call at a time per model
+        binding = session.io_binding()
+        for n, a in weights.items():
+            binding.bind_cpu_input(n, a)
+        lock = threading.Lock()
 
         def run(arrays: list[np.ndarray]) -> np.ndarray:
-            feed = dict(weights)
-            for i, n in inputs:
-                feed[n] = arrays[i]
-            return session.run(["logits"], feed)[0]
+            with lock:
+                for i, n in inputs:
+                    binding.bind_cpu_input(n, np.ascontiguousarray(arrays[i]))
+                binding.bind_output("logits")
+                session.run_with_iobinding(binding)
+                return binding.copy_outputs_to_cpu()[0]
 
+        run.weights = weights  # the binding points into these arrays: they live as long as the forward
         return Forward("onnxruntime", run, _nbytes(tensors))
 
 
