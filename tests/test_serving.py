@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -583,16 +582,20 @@ def test_a_degraded_scenario_on_readyz_and_no_orphan_worker_when_killed(tiny, ex
         assert len([pid for pid in pids if "_bentoml_impl.worker" in " ".join(_cmdline(pid))]) == 1  # workers=1
         os.killpg(svc.proc.pid, signal.SIGKILL)
         svc.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        deadline = time.monotonic() + 15  # a killed multithreaded worker releases its sockets as its last thread exits
+        while time.monotonic() < deadline and (any(_alive(pid) for pid in pids) or _listening(svc)):
             time.sleep(0.1)
         assert not [pid for pid in pids if _alive(pid)], "workers outlived the serving command"
-        with socket.socket() as s:  # nothing listens on the port any more (TIME_WAIT aside, as a server binds)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((svc.host, svc.port))
-            s.listen()
+        assert not _listening(svc), f"something still listens on the service's ports: {_listening(svc)}"
     finally:
         svc.stop()
+
+
+def _listening(svc: ServiceProcess) -> list:
+    import psutil
+
+    return [c for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in (svc.port, svc.grpc_port)]
 
 
 def _alive(pid: int) -> bool:

@@ -213,9 +213,9 @@ class Predictor:
         """
         if self.config.torch_threads > 0:
             torch.set_num_threads(self.config.torch_threads)
-        if background:
+        if background and self._loader is None:
             self._loader = ThreadPoolExecutor(max(1, self.config.load_threads), thread_name_prefix="longtail-load")
-        self.refresh()
+        self.refresh()  # raises if the registry cannot be read: the caller may try again
         self._ready.set()
         if background:
             self._spawn(self._batch_loop, "longtail-batcher")
