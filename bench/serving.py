@@ -574,9 +574,10 @@ def main(argv: list[str] | None = None) -> int:
           "on 127.0.0.1 (`longtail serve http` defaults: one worker per core, forward backend `auto`), open-loop "
           f"single requests, {seconds:.0f} s per rate, latency from the scheduled send time in ms; server CPU = CPU "
           "time of the service's processes / requests sent; the load generator runs in the benchmark process "
-          "(its CPU per request beside). gRPC: 4 channels to the light service's gRPC port. `floor`: a BentoML "
-          "service with the same API, settings and request bodies that answers a constant (`bench/serving_floor.py`): "
-          "BentoML's own CPU per request, with its access log on (the default) and off.", "",
+          "(its CPU per request beside). gRPC: 4 channels to the light service's gRPC port."
+          + ("" if args.quick else " `floor`: a BentoML service with the same API, settings and request bodies that "
+             "answers a constant (`bench/serving_floor.py`): BentoML's own CPU per request, with its access log on "
+             "(the default) and off."), "",
           df[md_cols].to_markdown(index=False, floatfmt=".2f"), "",
           "## Forward passes and the encoder (one thread, in process)", "",
           "Median over 5 rounds of the mean time per call; the service keeps the backend that compiles, matches the "
