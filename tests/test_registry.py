@@ -32,7 +32,10 @@ from longtail.registry import (
 )
 from longtail.registry.store import make_s3_client
 
-pytestmark = pytest.mark.unit
+# the local filesystem runs in this process (unit); S3 talks to a moto server in another process
+BACKENDS = [pytest.param("local", marks=pytest.mark.unit), pytest.param("s3", marks=pytest.mark.integration)]
+IN_PROCESSES = pytest.mark.parametrize(  # tests that spawn processes of their own, on either backend
+    "backend", [pytest.param(b, marks=pytest.mark.integration) for b in ("local", "s3")], indirect=True)
 
 BUCKET = "longtail-test"
 N_WORKERS = 6
@@ -67,7 +70,7 @@ def s3_endpoint():
             yield endpoint
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path, monkeypatch) -> Backend:
     if request.param == "local":
         return Backend("local", (tmp_path / "registry").as_uri())
@@ -160,6 +163,7 @@ def test_publish_get_list_download(reg, tmp_path):
         reg.get("specific-AA", 3)
 
 
+@pytest.mark.unit
 def test_publish_validates_its_arguments(tmp_path):
     reg = open_registry(tmp_path / "registry")
     src = _folder(tmp_path / "m", "x")
@@ -426,6 +430,7 @@ def test_concurrent_publishers_and_promoters_threads(backend, tmp_path):
     _check_concurrent_outcome(backend.open(), results, sources, tmp_path)
 
 
+@IN_PROCESSES
 def test_concurrent_publishers_and_promoters_processes(backend, tmp_path):
     ctx = mp.get_context("spawn")
     sources = [_folder(tmp_path / f"src{i}", f"process {i}") for i in range(N_WORKERS)]
@@ -544,6 +549,7 @@ def test_pickled_objects_are_never_loaded(reg, model_dir, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------- URIs and lineage
+@pytest.mark.integration
 def test_open_registry_uris(tmp_path, s3_endpoint, monkeypatch):
     assert isinstance(open_registry(tmp_path / "a").store, LocalStore)
     assert open_registry((tmp_path / "b").as_uri()).store.root == tmp_path / "b"
@@ -558,6 +564,7 @@ def test_open_registry_uris(tmp_path, s3_endpoint, monkeypatch):
     assert reg.store.get_bytes("k") == b"v"
 
 
+@pytest.mark.unit
 def test_lineage_records_code_version():
     lin = lineage(theta0=("agnostic", 3), data_split={"seed": 1, "path": "s.parquet"})
     assert lin["theta0"] == {"name": "agnostic", "version": 3}
