@@ -138,8 +138,14 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     from longtail.data.tables import TableSet, point_in_time_join
     from longtail.spec import scenario_counts
 
-    ts = TableSet.load(args.dir)
+    ts = TableSet.load(args.dir, check=False)
     spec = ts.spec
+    table_problems = ts.problems()  # files, columns, types, empty tables, missing times: before any join
+    if table_problems:
+        for p in table_problems:
+            err.print(f"[red]problem:[/red] {escape(p)}", soft_wrap=True)
+        err.print(f"[red]invalid[/red]: {len(table_problems)} problem(s) in the tables of {args.dir}; nothing was joined")
+        return 2
     with console.status("joining snapshots point in time"):
         df = point_in_time_join(ts)
     problems = spec.problems(df)
@@ -169,7 +175,8 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     if problems:
         for p in problems:
             err.print(f"[red]problem:[/red] {escape(p)}", soft_wrap=True)
-        return 1
+        err.print(f"[red]invalid[/red]: {len(problems)} problem(s) in the joined rows of {args.dir}")
+        return 2
     console.print("[green]valid[/green]: every column satisfies the spec; no step or profile snapshot at or after "
                   "its event time; every scenario meets the scenario rules")
     return 0

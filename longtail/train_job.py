@@ -45,6 +45,10 @@ class TrainJobConfig:
     strategy: Literal["global", "single"] = "global"
     latency_repeats: int = 50
 
+    def __post_init__(self) -> None:
+        if self.latency_repeats < 1:
+            raise ValueError(f"latency_repeats is {self.latency_repeats}; use 1 or more timed passes (default 50)")
+
 
 @dataclass
 class Trained:
