@@ -41,7 +41,9 @@ from longtail.hpo.algorithms import UnknownAlgorithm
 from longtail.hpo.katib import KatibError
 from longtail.hpo.runner import JournalMismatch
 from longtail.hpo.space import SpaceError
+from longtail.model_folder import ModelFolderError
 from longtail.registry.errors import RegistryError
+from longtail.runs import RunMismatch
 from longtail.spec import SpecError
 from longtail.train import CheckpointMismatch
 
@@ -315,6 +317,21 @@ def cmd_registry_serving(args: argparse.Namespace) -> int:
     _print_serving(reg, args.scenario)
     for h in reg.history(args.scenario):
         console.print(escape(json.dumps(h, sort_keys=True)))
+    return 0
+
+
+def cmd_registry_gc(args: argparse.Namespace) -> int:
+    from longtail.registry import collect_garbage
+
+    report = collect_garbage(_registry(args), max_age_s=args.older_than * 3600, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    console.print(f"{verb} {len(report.temp_files)} temporary file(s) ({_human(report.temp_bytes)}B) of dead "
+                  f"publishes and {len(report.incomplete_versions)} incomplete version(s)"
+                  + (f": {', '.join(report.incomplete_versions)}" if report.incomplete_versions else ""),
+                  soft_wrap=True)
+    if report.kept_incomplete:
+        console.print(f"kept {len(report.kept_incomplete)} incomplete version(s) whose publish may still run "
+                      f"(younger than {args.older_than:g}h): {', '.join(report.kept_incomplete)}", soft_wrap=True)
     return 0
 
 
