@@ -41,9 +41,9 @@ class DriftJobConfig:
 
 def registry_scorer(registry_uri: str, fallback_pointer: str = "_default"):
     """``scorer(scenario, rows)``: the scenario's serving model (or the fallback) scores prepared rows."""
-    from longtail.registry import open_registry
+    from longtail.registry import open_existing_registry
 
-    reg = open_registry(registry_uri)
+    reg = open_existing_registry(registry_uri)  # a typo is an error, not an empty registry that scores nothing
     cache: dict[tuple[str, int], Any] = {}
     versions: dict[str, str] = {}
 
