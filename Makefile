@@ -44,7 +44,7 @@ bench-nas: $(STAMP)
 bench-hpo: $(STAMP)
 	$(BIN)/python bench/hpo.py $(if $(QUICK),--quick,)
 
-## the serving service on loopback: p50/p99 and errors, light vs heavy, single vs batched; then a schemathesis fuzz run
+## the serving service on loopback: light vs heavy single requests at 50/200/400 req/s (p50/p99, errors, server CPU), gRPC, forward backends, 1,000 scenarios in one service; then a schemathesis fuzz run (QUICK=1: < 2 min)
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
 

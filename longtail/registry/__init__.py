@@ -17,6 +17,7 @@ from longtail.registry.registry import (
     FileEntry,
     ModelRegistry,
     ModelVersion,
+    ServingIndex,
     ServingState,
     check_weights_only,
     current_code_version,
@@ -27,7 +28,7 @@ from longtail.registry.store import LocalStore, ObjectStore, S3Store, open_store
 
 __all__ = [
     "ConflictError", "FileEntry", "GarbageReport", "IntegrityError", "LocalStore", "ModelRegistry", "ModelVersion",
-    "NotFoundError", "ObjectStore", "RegistryError", "S3Store", "ServingState", "UnsafeModelError",
+    "NotFoundError", "ObjectStore", "RegistryError", "S3Store", "ServingIndex", "ServingState", "UnsafeModelError",
     "check_weights_only", "clean_temp_files", "collect_garbage", "current_code_version", "lineage",
     "open_existing_registry", "open_registry", "open_store",
 ]
