@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,6 +80,7 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, FittedTransforms,
         FileNotFoundError: ``path`` has no ``model.json`` (not a model folder, or one whose save did
             not finish).
         ModelFolderError: a file is damaged, or the weights do not fit the architecture.
+        pickle.UnpicklingError: ``weights.pt`` holds pickled objects, not only tensors (refused unrun).
     """
     path = Path(path)
     if not (path / "model.json").exists():
@@ -100,6 +102,8 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, FittedTransforms,
         state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFolderError(f"{path}: weights.pt is missing; save or download the model again") from None
+    except pickle.UnpicklingError:  # weights_only refused a pickled object: the registry names it as unsafe
+        raise
     except Exception as e:  # torch raises several kinds for a damaged file
         raise ModelFolderError(f"{path}/weights.pt: not readable ({str(e).splitlines()[0] if str(e) else e!r}); "
                                "save or download the model again") from None
