@@ -169,12 +169,26 @@ def choose_theta0(cfg: AgnosticJobConfig, data: PreparedData | None = None, log=
 
     Returns:
         The `Theta0Choice`; ``<out>/choice.json`` holds the same facts.
+
+    Raises:
+        longtail.runs.RunMismatch: ``cfg.out`` holds a job made from other data or settings (the job
+            folder is bound to its fingerprint, `longtail.runs`; the same job resumes).
     """
+    from longtail.data.prepared import load_tables
+    from longtail.runs import check_devices, fingerprint, run_folder
+
     log = log or (lambda _m: None)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    data = data or prepare(cfg.data)
+    check_devices(cfg)
+    tables = load_tables(cfg.data)  # checked before the job folder exists: a bad set leaves nothing behind
+    fp = fingerprint("theta0 choose", cfg, tables, ignore=("data.tables", "out", "registry"))
+    data = data or prepare(cfg.data, tables)
+    with run_folder(out, fp):
+        save_config(cfg, out / "config.yaml")
+        return _choose(cfg, data, out, log)
+
+
+def _choose(cfg: AgnosticJobConfig, data: PreparedData, out: Path, log) -> Theta0Choice:
     scenarios = initial_scenarios(data, cfg.n_initial, cfg.seed)
     log(f"θ0 candidates {list(cfg.candidates)} on {len(scenarios)} initial scenarios {scenarios}")
     results: dict[str, dict[str, Any]] = {}

@@ -9,7 +9,7 @@
     longtail evaluate RUN_DIR
     longtail meta run [--strategy sinh|meh] [--recipe default|paper] [--data DIR] [--out DIR] [--set ...]
     longtail nas light --meh-out RUN [--recipe default|paper] [--registry R]
-    longtail registry list|show|promote|rollback|serving
+    longtail registry list|show|promote|rollback|serving|gc
     longtail pipelines ... / serve ... / drift ...   (the integration layers' command groups)
 
 Every run writes its effective config and metrics (JSON) beside its outputs.
@@ -41,7 +41,9 @@ from longtail.hpo.algorithms import UnknownAlgorithm
 from longtail.hpo.katib import KatibError
 from longtail.hpo.runner import JournalMismatch
 from longtail.hpo.space import SpaceError
+from longtail.model_folder import ModelFolderError
 from longtail.registry.errors import RegistryError
+from longtail.runs import RunMismatch
 from longtail.spec import SpecError
 from longtail.train import CheckpointMismatch
 
@@ -138,8 +140,14 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     from longtail.data.tables import TableSet, point_in_time_join
     from longtail.spec import scenario_counts
 
-    ts = TableSet.load(args.dir)
+    ts = TableSet.load(args.dir, check=False)
     spec = ts.spec
+    table_problems = ts.problems()  # files, columns, types, empty tables, missing times: before any join
+    if table_problems:
+        for p in table_problems:
+            err.print(f"[red]problem:[/red] {escape(p)}", soft_wrap=True)
+        err.print(f"[red]invalid[/red]: {len(table_problems)} problem(s) in the tables of {args.dir}; nothing was joined")
+        return 2
     with console.status("joining snapshots point in time"):
         df = point_in_time_join(ts)
     problems = spec.problems(df)
@@ -169,7 +177,8 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     if problems:
         for p in problems:
             err.print(f"[red]problem:[/red] {escape(p)}", soft_wrap=True)
-        return 1
+        err.print(f"[red]invalid[/red]: {len(problems)} problem(s) in the joined rows of {args.dir}")
+        return 2
     console.print("[green]valid[/green]: every column satisfies the spec; no step or profile snapshot at or after "
                   "its event time; every scenario meets the scenario rules")
     return 0
@@ -206,18 +215,27 @@ def _print_costs(metrics: dict[str, Any]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from longtail.config import config_from_dict
-    from longtail.data.prepared import prepare
+    from longtail.data.prepared import load_tables, prepare
     from longtail.io import atomic_write_json
     from longtail.model_folder import load_model_dir
+    from longtail.runs import RUN_FILE, differences, fingerprint
     from longtail.train_job import TrainJobConfig, cost_of, evaluate_heavy
 
     run = Path(args.run)
-    if not (run / "config.yaml").exists():
-        raise FileNotFoundError(f"{run}: no config.yaml; pass the folder of a `longtail train` run")
-    cfg = config_from_dict(TrainJobConfig, yaml.safe_load((run / "config.yaml").read_text()))
-    data = prepare(cfg.data)
+    if not (run / "config.yaml").exists() or not (run / "metrics.json").exists():
+        raise FileNotFoundError(f"{run}: no config.yaml or metrics.json; pass the folder of a finished `longtail "
+                                "train` run")
+    cfg = config_from_dict(TrainJobConfig, yaml.safe_load((run / "config.yaml").read_text()), str(run / "config.yaml"))
+    tables = load_tables(cfg.data)
+    if (run / RUN_FILE).exists():  # TEST rows of another table set are not this run's TEST rows
+        diffs = differences(json.loads((run / RUN_FILE).read_text()),
+                            fingerprint("train", cfg, tables, ignore=("data.tables",)))
+        if diffs:
+            raise RunMismatch(f"{run} was made from other inputs than the table set it names now: {'; '.join(diffs)}; "
+                              "its TEST rows would not be the run's. Evaluate on the table set the run was made from")
+    data = prepare(cfg.data, tables)
     tables, costs = [], {}
-    for mdir in sorted((run / "models").iterdir()):
+    for mdir in sorted(p for p in (run / "models").iterdir() if not p.name.startswith(".")):
         model, tf, info = load_model_dir(mdir)
         tables.append(evaluate_heavy(model, tf, data, list(info["scenarios"])))
         costs[mdir.name] = cost_of(model, tf, data, cfg.latency_repeats)
@@ -256,9 +274,9 @@ def cmd_meta_refresh(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace):
-    from longtail.registry import open_registry
+    from longtail.registry import open_existing_registry
 
-    return open_registry(args.registry)
+    return open_existing_registry(args.registry)  # a typo in --registry is an error, not a new empty registry
 
 
 def cmd_registry_list(args: argparse.Namespace) -> int:
@@ -308,6 +326,21 @@ def cmd_registry_serving(args: argparse.Namespace) -> int:
     _print_serving(reg, args.scenario)
     for h in reg.history(args.scenario):
         console.print(escape(json.dumps(h, sort_keys=True)))
+    return 0
+
+
+def cmd_registry_gc(args: argparse.Namespace) -> int:
+    from longtail.registry import collect_garbage
+
+    report = collect_garbage(_registry(args), max_age_s=args.older_than * 3600, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    console.print(f"{verb} {len(report.temp_files)} temporary file(s) ({_human(report.temp_bytes)}B) of dead "
+                  f"publishes and {len(report.incomplete_versions)} incomplete version(s)"
+                  + (f": {', '.join(report.incomplete_versions)}" if report.incomplete_versions else ""),
+                  soft_wrap=True)
+    if report.kept_incomplete:
+        console.print(f"kept {len(report.kept_incomplete)} incomplete version(s) whose publish may still run "
+                      f"(younger than {args.older_than:g}h): {', '.join(report.kept_incomplete)}", soft_wrap=True)
     return 0
 
 
@@ -438,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(r, "e.g. --set train.epochs=1")
     r.set_defaults(func=cmd_meta_refresh)
 
-    rg = sub.add_parser("registry", help="the model registry: list, show, promote, rollback, serving")
+    rg = sub.add_parser("registry", help="the model registry: list, show, promote, rollback, serving, gc")
     rg.add_argument("--registry", default=os.environ.get("LONGTAIL_REGISTRY", "runs/registry"),
                     help="a folder, file:// or s3://bucket/prefix URI (default $LONGTAIL_REGISTRY or runs/registry)")
     rsub = rg.add_subparsers(dest="registry_command", required=True)
@@ -460,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv = rsub.add_parser("serving", help="what serves SCENARIO, and the pointer's history")
     sv.add_argument("scenario")
     sv.set_defaults(func=cmd_registry_serving)
+    gc = rsub.add_parser("gc", help="remove what killed publishes left: temporary files, incomplete versions")
+    gc.add_argument("--older-than", type=float, default=24.0, metavar="HOURS",
+                    help="also remove leftovers older than this, whoever wrote them (default 24; those of dead "
+                         "processes on this host go at once)")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.set_defaults(func=cmd_registry_gc)
 
     hp = sub.add_parser("hpo", help="hyperparameter optimisation of the heavy model (local runner, Katib)")
     hsub = hp.add_subparsers(dest="hpo_command", required=True)
@@ -515,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (SpecError, ConfigError, TableSetError, CheckpointMismatch, RegistryError, SpaceError, UnknownAlgorithm,
-            JournalMismatch, KatibError, FileNotFoundError, *_plugin_errors()) as e:
+            JournalMismatch, KatibError, FileNotFoundError, RunMismatch, ModelFolderError, *_plugin_errors()) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -51,7 +51,8 @@ def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> 
     paper preset with three epochs.
 
     Raises:
-        ConfigError: on an unknown key or a value of the wrong type, naming the dotted key.
+        ConfigError: on an unknown key, a value of the wrong type or a negative seed (``seed``,
+            ``*_seed``), naming the dotted key.
     """
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
@@ -75,6 +76,9 @@ def config_from_dict(cls: type[C], d: dict[str, Any], where: str = "config") -> 
                 and not (hasattr(tp, "from_preset") and "preset" in v):
             v = merge(config_to_dict(getattr(defaults, k)), v)
         kwargs[k] = _coerce(tp, v, f"{where}.{k}")
+        if (k == "seed" or k.endswith("_seed")) and isinstance(kwargs[k], int) and kwargs[k] < 0:
+            raise ConfigError(f"{where}.{k} is {kwargs[k]}; use a seed of 0 or more (numpy's random generators "
+                              "take no negative seed)")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -115,6 +119,8 @@ def _coerce(tp: Any, v: Any, where: str) -> Any:
     if origin is tuple:
         if isinstance(v, str):
             v = [x.strip() for x in v.split(",") if x.strip()]
+        elif isinstance(v, int | float) and not isinstance(v, bool):  # `--set model.head_dims=8`: one item
+            v = [v]
         if not isinstance(v, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {v!r}")
         inner = args[0] if args else Any

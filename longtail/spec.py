@@ -394,11 +394,21 @@ class DatasetSpec:
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> DatasetSpec:
         p = Path(path_or_text)
-        text = p.read_text() if "\n" not in str(path_or_text) and p.exists() else str(path_or_text)
-        data = yaml.safe_load(text)
+        is_file = "\n" not in str(path_or_text) and p.exists()
+        where = f"spec {p}" if is_file else "spec YAML"
+        try:
+            data = yaml.safe_load(p.read_text() if is_file else str(path_or_text))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpecError(f"{where}: not valid YAML ({first}); fix the file or rebuild the table set "
+                            "(`longtail data import SPEC.yaml --out DIR` writes it)") from None
         if not isinstance(data, dict):
-            raise SpecError(f"spec YAML {path_or_text!s:.80}: expected a mapping at the top level")
-        return cls.from_dict(data)
+            raise SpecError(f"{where}: expected a mapping at the top level, got {type(data).__name__}; fix the "
+                            "file or rebuild the table set")
+        try:
+            return cls.from_dict(data)
+        except SpecError as e:
+            raise SpecError(f"{where}: {e}") from None
 
     # ------------------------------------------------------------------ validation
     def validate(self, df: pd.DataFrame, *, require_label: bool = True, check_scenarios: bool = True) -> None:

@@ -36,7 +36,8 @@ class TrainConfig:
     patience: epochs without a better validation AUC before stopping.
     max_steps: stop after this many optimiser steps in total (0 = no limit).
     seed: seed of initialisation, shuffling and dropout.
-    device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    device: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (a job asked for ``cuda`` on a
+        machine without it refuses before it writes anything).
     max_grad_norm: gradient clipping norm (0 = off).
     threads: CPU threads for torch while training (0 = torch's default). The paper's models are
         tiny (hidden size 15): one thread is several times faster than two contending ones, and
@@ -46,6 +47,9 @@ class TrainConfig:
         ``lr_drop_factor`` instead, up to this many times; the next stop is final. 0 (the
         paper) stops at once. Needs validation rows, and stays within ``epochs``.
     lr_drop_factor: the learning-rate factor of each drop, in (0, 1).
+
+    Every value is checked when the config is built (``epochs``, ``batch_size`` and ``patience``
+    at least 1, ``lr`` finite and not negative, ...), so a bad value is refused naming its key.
 
     A field added here must default to the behaviour from before it existed: checkpoints and
     result stamps written without it are read as having that default (``normalized_train_dict``).
@@ -65,6 +69,24 @@ class TrainConfig:
     lr_drop_factor: float = 0.3
 
     def __post_init__(self):
+        """Every value is checked here, when the config is loaded, before any data is read."""
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"train.{name} is {value}; use 1 or more (defaults: epochs 5, batch_size 512, "
+                                 "patience 2)")
+        if not math.isfinite(self.lr) or self.lr < 0:  # 0 is allowed: it trains nothing (a probe of the start)
+            raise ValueError(f"train.lr is {self.lr}; use a positive learning rate, e.g. 1e-3 (the paper's)")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"train.{name} is {value}; use 0 (off) or a positive number")
+        for name in ("max_steps", "threads"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"train.{name} is {value}; use 0 (no limit / torch's default) or more")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device is {self.device!r}; use auto (CUDA when present), cpu or cuda")
         if self.lr_drops < 0:
             raise ValueError(f"train.lr_drops is {self.lr_drops}; use 0 (stop at the first plateau) or more")
         if not 0.0 < self.lr_drop_factor < 1.0:

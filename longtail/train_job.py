@@ -3,14 +3,19 @@
 * ``global``: one heavy model on the training rows of all (selected) scenarios;
 * ``single`` (SinH): one heavy model per scenario, on that scenario's rows only.
 
-A run folder holds ``config.yaml`` (the effective config), ``splits.parquet``, one model folder per
-trained model (``weights.pt`` state dict, ``model.json``, ``transforms.json``), ``per_scenario.csv``
-and ``metrics.json``; ``metrics.json`` is written last, so a run folder without it is incomplete
-and rerunning the same command resumes it from the per-epoch checkpoints.
+A run folder holds ``run.json`` (what the run is made from: `longtail.runs`), ``config.yaml`` (the
+effective config), ``splits.parquet``, one model folder per trained model (``weights.pt`` state dict,
+``model.json``, ``transforms.json``; each appears only when complete), the per-epoch checkpoints
+(``models/.checkpoints/<model>/``), ``per_scenario.csv`` and ``metrics.json``. ``metrics.json`` is
+written last, so a run folder without it is incomplete (``failed.json`` says why when it stopped on an
+error): rerunning the same command resumes it from the checkpoints, and a rerun with other data,
+split or settings is refused before it touches the folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +35,32 @@ from longtail.model_folder import save_model_dir
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, build_model
 from longtail.models.latency import measure_latency
-from longtail.train import TrainConfig, TrainResult, fit
+from longtail.train import CKPT, CheckpointMismatch, TrainConfig, TrainResult, fit
 
-__all__ = ["Trained", "TrainJobConfig", "cost_of", "evaluate_heavy", "run_train", "train_heavy"]
+__all__ = ["Trained", "TrainJobConfig", "checkpoint_dir", "cost_of", "evaluate_heavy", "run_train", "train_heavy"]
 
 
 @dataclass(frozen=True)
 class TrainJobConfig:
-    """The effective config of a `longtail train` run (saved as config.yaml beside its outputs)."""
+    """The effective config of a `longtail train` run (saved as config.yaml beside its outputs).
+
+    Args:
+        data: the table set and its split.
+        model: the heavy model's architecture.
+        train: the training settings.
+        strategy: ``global`` (one model on every scenario) or ``single`` (SinH: one per scenario).
+        latency_repeats: timed batch-1 forward passes of the latency measurement (at least 1).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: HeavyConfig = field(default_factory=HeavyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: Literal["global", "single"] = "global"
     latency_repeats: int = 50
+
+    def __post_init__(self) -> None:
+        if self.latency_repeats < 1:
+            raise ValueError(f"latency_repeats is {self.latency_repeats}; use 1 or more timed passes (default 50)")
 
 
 @dataclass
@@ -54,6 +71,62 @@ class Trained:
     seconds: float
 
 
+def checkpoint_dir(model_dir: str | Path) -> Path:
+    """Where `train_heavy` keeps the resumable checkpoints of the model folder ``model_dir``.
+
+    Beside the model folder, not in it (``<parent>/.checkpoints/<name>``), so that the model folder
+    itself appears only when the model is complete.
+    """
+    model_dir = Path(model_dir)
+    return model_dir.parent / ".checkpoints" / model_dir.name
+
+
+BINDING = "binding.json"
+
+
+def _binding(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig, transforms: FittedTransforms,
+             train_df: pd.DataFrame, valid_df: pd.DataFrame) -> dict[str, Any]:
+    """What a checkpoint is made from: the architecture, the fitted transforms and the rows' identity."""
+    spec = data.spec
+    cols = [c for c in (*spec.entity_keys, spec.event_timestamp, spec.scenario, spec.label) if c in train_df]
+
+    def rows_digest(df: pd.DataFrame) -> str:
+        return hashlib.sha256(pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy()
+                              .tobytes()).hexdigest()
+
+    tf = json.dumps(transforms.to_dict(), sort_keys=True, default=str)
+    return {"model": model_cfg.to_dict(), "scenarios": list(scenarios),
+            "transforms": hashlib.sha256(tf.encode()).hexdigest(),
+            "train_rows": rows_digest(train_df), "valid_rows": rows_digest(valid_df)}
+
+
+def _check_checkpoint(folder: Path, binding: dict[str, Any], model: torch.nn.Module) -> None:
+    """Refuse a checkpoint made of another architecture or other rows (before `fit` would load it)."""
+    path = folder / BINDING
+    if path.exists():
+        old = json.loads(path.read_text())
+        what = [k for k in binding if old.get(k) != binding[k]]
+        if what:
+            names = {"model": "the architecture (model config)", "scenarios": "the scenarios",
+                     "transforms": "the fitted transforms", "train_rows": "the training rows",
+                     "valid_rows": "the validation rows"}
+            raise CheckpointMismatch(f"{folder}: the checkpoint there was made with other {', '.join(names[k] for k in what)}; "
+                                     f"it is never resumed for another model or other rows: remove {folder}, or "
+                                     "write the model to another folder")
+        return
+    if (folder / CKPT).exists():  # a checkpoint from before bindings were recorded: compare the shapes
+        saved = torch.load(folder / CKPT, map_location="cpu", weights_only=True)["model"]
+        mine = model.state_dict()
+        bad = sorted(k for k in set(saved) | set(mine)
+                     if k not in saved or k not in mine or tuple(saved[k].shape) != tuple(mine[k].shape))
+        if bad:
+            raise CheckpointMismatch(f"{folder}: the checkpoint there is of another architecture ({len(bad)} "
+                                     f"parameter(s) differ, e.g. {bad[0]}); remove {folder}, or write the model to "
+                                     "another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, binding)
+
+
 def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig, train_cfg: TrainConfig,
                 out: str | Path | None = None, *, show_progress: bool = False, description: str = "train",
                 log=None, on_epoch=None) -> Trained:
@@ -62,19 +135,26 @@ def train_heavy(data: PreparedData, scenarios: list[str], model_cfg: HeavyConfig
     Args:
         data: prepared rows.
         scenarios: the scenarios whose training rows are used.
-        out: when set, the model folder (and its resumable checkpoint) is written there.
+        out: when set, the model folder is written there when the model is complete, and its
+            resumable checkpoints go to `checkpoint_dir` (out): an interrupted training resumes; a
+            checkpoint made of another architecture, other transforms or other rows is refused
+            (`longtail.train.CheckpointMismatch`), never loaded.
         log: when set, called with one line per epoch (loss, validation AUC, elapsed time).
         on_epoch: when set, called with each epoch's record (see `longtail.train.fit`).
     """
     t0 = time.perf_counter()
     train_df = data.rows(TRAIN, scenarios)
     valid_df = data.rows(VALID, scenarios)
+    if not len(train_df):
+        raise ValueError(f"no training rows for scenarios {scenarios}: each needs rows in its TRAIN split")
     transforms = FittedTransforms.fit(data.spec, train_df)
     torch.manual_seed(train_cfg.seed)
     model = build_model(transforms.schema, model_cfg)
+    ckpt = checkpoint_dir(out) if out is not None else None
+    if ckpt is not None:
+        _check_checkpoint(ckpt, _binding(data, scenarios, model_cfg, transforms, train_df, valid_df), model)
     result = fit(model, transforms.transform(train_df), transforms.transform(valid_df) if len(valid_df) else None,
-                 train_cfg, checkpoint_dir=Path(out) / "checkpoints" if out else None,
-                 show_progress=show_progress, description=description,
+                 train_cfg, checkpoint_dir=ckpt, show_progress=show_progress, description=description,
                  on_epoch=_epoch_callback(log, on_epoch, description, t0))
     seconds = time.perf_counter() - t0
     if out is not None:
@@ -122,16 +202,35 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
               log=print) -> dict[str, Any]:
     """Train and evaluate (``global`` or ``single``), writing the run folder.
 
+    The config, the table set and its rows are checked first (`longtail.data.prepared.prepare`), then
+    the folder is bound to the run's fingerprint (`longtail.runs`): a rerun of the same run resumes,
+    one with other data, spec, split or settings is refused before anything is written. A run that
+    stops on an error is marked by ``failed.json``; ``metrics.json`` is written last.
+
     Returns:
         The metrics written to ``metrics.json`` (overall and per scenario).
+
+    Raises:
+        longtail.runs.RunMismatch: ``out`` holds another run.
     """
+    from longtail.runs import check_devices, fingerprint, run_folder
+
     out = Path(out)
-    load_tables(cfg.data)  # a missing table set fails here, before the run folder exists
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    check_devices(cfg)
+    tables = load_tables(cfg.data)  # a missing or bad table set fails here, before the run folder exists
+    fp = fingerprint("train", cfg, tables, ignore=("data.tables",))
     t0 = time.perf_counter()
     log(f"preparing {cfg.data.tables} ...")
-    data = prepare(cfg.data)
+    data = prepare(cfg.data, tables)
+    with run_folder(out, fp) as resumed:
+        if resumed:
+            log(f"resuming the run in {out} (same data and settings)")
+        save_config(cfg, out / "config.yaml")
+        return _train_and_evaluate(cfg, data, out, t0, show_progress, log)
+
+
+def _train_and_evaluate(cfg: TrainJobConfig, data: PreparedData, out: Path, t0: float, show_progress: bool,
+                        log) -> dict[str, Any]:
     keys = data.frame[[*data.spec.entity_keys, data.spec.scenario]]
     save_splits(out / "splits.parquet", keys, data.split, seed=cfg.data.split_seed)
     scenarios = data.scenarios
@@ -169,5 +268,3 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
     }
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
-
-

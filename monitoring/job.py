@@ -41,9 +41,9 @@ class DriftJobConfig:
 
 def registry_scorer(registry_uri: str, fallback_pointer: str = "_default"):
     """``scorer(scenario, rows)``: the scenario's serving model (or the fallback) scores prepared rows."""
-    from longtail.registry import open_registry
+    from longtail.registry import open_existing_registry
 
-    reg = open_registry(registry_uri)
+    reg = open_existing_registry(registry_uri)  # a typo is an error, not an empty registry that scores nothing
     cache: dict[tuple[str, int], Any] = {}
     versions: dict[str, str] = {}
 
@@ -79,10 +79,10 @@ def run_drift_job(cfg: DriftJobConfig, out: str | Path) -> dict[str, Any]:
     ref_tables, cur_tables = TableSet.load(cfg.reference), TableSet.load(cfg.current)
     if ref_tables.spec.to_dict() != cur_tables.spec.to_dict():
         raise SpecError(f"drift: {cfg.current} has another spec than {cfg.reference}; compare like with like")
+    scorer = registry_scorer(cfg.registry, cfg.fallback_pointer) if cfg.registry else None  # a bad path: before out
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    scorer = registry_scorer(cfg.registry, cfg.fallback_pointer) if cfg.registry else None
     result = run_drift(ref_tables.spec, point_in_time_join(ref_tables), point_in_time_join(cur_tables), out,
                        cfg.drift, scorer, list(cfg.scenarios) or None,
                        meta={"reference": cfg.reference, "current": cfg.current, "registry": cfg.registry,

@@ -16,9 +16,10 @@ from pathlib import Path
 from longtail.config import ConfigError
 from longtail.online.config import ENV_CONFIG, ENV_SET, absolute_overrides, load_serving_config
 from longtail.online.errors import ServingError
+from longtail.registry import RegistryError, open_existing_registry
 from serving.launch import bentoml_command, bentoml_env
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ServingError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ServingError, RegistryError)
 
 
 def _serving_overrides(args: argparse.Namespace) -> list[str]:
@@ -28,6 +29,7 @@ def _serving_overrides(args: argparse.Namespace) -> list[str]:
     if args.registry:
         sets.insert(0, f"registry={args.registry}")
     cfg = load_serving_config(args.config, sets)
+    open_existing_registry(cfg.registry)  # a mistyped --registry is refused here, not served as an empty one
     return absolute_overrides([*sets, f"registry={cfg.registry}", f"feast_repo={cfg.feast_repo}"])
 
 

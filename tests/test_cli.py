@@ -34,7 +34,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     sinh = tmp_path / "sinh"
     assert main(["train", "--data", str(data), "--out", str(sinh), "--strategy", "single", "--epochs", "1",
                  "--set", "model.num_layers=1", "--set", "train.batch_size=128"]) == 0
-    assert sorted(p.name for p in (sinh / "models").iterdir()) == ["s00", "s01", "s02"]
+    assert sorted(p.name for p in (sinh / "models").iterdir() if not p.name.startswith(".")) == ["s00", "s01", "s02"]
 
 
 def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):

@@ -191,12 +191,12 @@ def test_join_cache_records_an_invalid_set_and_prepare_still_refuses_it(tmp_path
 
     root = tmp_path / "tables"
     tables = build_synthetic(root, SyntheticConfig(n_scenarios=3, max_rows=200, min_rows=40, seed=1))
-    ev = tables.read_events()
-    ev.loc[ev.index[:3], tables.spec.label] = 7  # not binary
-    ev.to_parquet(tables.events_path, index=False)
+    profile = tables.read_profile()
+    profile.loc[profile.index[:3], "x1"] = np.nan  # x1 is not nullable: only the joined rows show it
+    profile.to_parquet(tables.profile_path, index=False)
     monkeypatch.setenv(JOIN_CACHE_ENV, str(tmp_path / "cache"))
     for _ in range(2):  # the miss and the hit both refuse it, naming the column
-        with pytest.raises(SpecError, match=tables.spec.label):
+        with pytest.raises(SpecError, match="'x1'.*NaN"):
             prepare(DataConfig(tables=str(root)))
 
 

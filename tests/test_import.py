@@ -262,6 +262,9 @@ def test_validation_names_scenarios_below_the_rules():
     ({}, {"items": lambda i: pd.concat([i, i.iloc[:1]])}, r"2 rows share a \(item_id, time\).*one row per key"),
     ({}, {"clicks": lambda c: c.assign(user_id=c["user_id"].astype(float).where(c["dwell"] < 5))},
      r"sequence 'clicks': key column 'user_id' is empty in 1 row"),
+    ({}, {"events": lambda e: pd.concat([e, e.iloc[:2]])}, r"events: 2 row\(s\) of events repeat an event"),
+    ({"events": {"where": "bought > 5"}}, None, r"events: no rows in events after where: 'bought > 5'"),
+    ({}, {"clicks": lambda c: c.iloc[:0]}, r"sequences\[0\] \('clicks'\): no rows in clicks"),
 ])
 def test_bad_input_names_the_key_and_the_fix(change, frames_change, pattern):
     d = _spec()

@@ -185,6 +185,27 @@ def test_a_failed_scenario_is_reported_and_only_it_is_redone(bootstrapped, tmp_p
     assert newest == {"s00": "onboard", "s01": rebuilt["tag"], "s02": "onboard"}
 
 
+def test_a_workspace_never_reuses_a_model_made_from_other_inputs(bootstrapped, tmp_path):
+    """θ0 (the workspace's long-lived state) is refused for other inputs; a scenario's result made with
+    other settings is set aside and the scenario onboarded again."""
+    cfg = copy_of(bootstrapped, tmp_path / "ws")
+    wider = tiny_config(cfg.tables, cfg.workspace, recipe={"model": {"hidden_size": 4}})
+    with pytest.raises(StageError, match=r"θ0 was built from other inputs.*recipe.model.hidden_size 6 -> 4"):
+        stages.build_theta0(wider, ["s00", "s01"])
+    with pytest.raises(StageError, match=r"scenarios"):
+        stages.build_theta0(cfg, ["s00"])
+    with pytest.raises(StageError, match=r"split.split_seed 0 -> 5"):
+        stages.build_theta0(cfg.replace(split_seed=5), ["s00", "s01"])
+    first = stages.onboard_one(cfg, "s02")
+    assert stages.onboard_one(cfg, "s02") == first  # the same inputs: kept
+    other = tiny_config(cfg.tables, cfg.workspace, recipe={"light": {"train": {"lr": 0.01}}})
+    again = stages.onboard_one(other, "s02")
+    assert again["status"] == "ok" and again["inputs"] != first["inputs"]
+    aside = stages.scenario_dir(cfg, "s02").with_name(f"onboard{stages.SUPERSEDED}{first['inputs']}")
+    assert json.loads((aside / "result.json").read_text())["inputs"] == first["inputs"]
+    assert [r["inputs"] for r in stages.collect_results(other) if r["scenario"] == "s02"] == [again["inputs"]]
+
+
 def test_theta0_serves_at_the_fallback_pointer_after_every_update(bootstrapped, tmp_path):
     """θ0 v0 is published and promoted at the fallback pointer by the bootstrap, each Eq. 3 update's
     new version replaces it there; a rerun publishes nothing twice."""

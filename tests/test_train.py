@@ -13,7 +13,7 @@ from longtail.metrics import auc, per_scenario_auc, predict_proba
 from longtail.model_folder import load_model_dir
 from longtail.models.heavy import HeavyConfig
 from longtail.train import CKPT, TrainConfig, fit, resolve_device
-from longtail.train_job import train_heavy
+from longtail.train_job import checkpoint_dir, train_heavy
 
 pytestmark = pytest.mark.model
 
@@ -181,7 +181,7 @@ def test_lr_drop_settings_are_checked():
 def test_checkpoint_from_before_lr_drops_resumes(data, tmp_path):
     """A checkpoint whose config predates a TrainConfig field is read with that field at its default."""
     first = train_heavy(data, data.scenarios, SMALL, _cfg(epochs=1), tmp_path / "m")
-    ckpt = tmp_path / "m" / "checkpoints" / CKPT
+    ckpt = checkpoint_dir(tmp_path / "m") / CKPT
     saved = torch.load(ckpt, weights_only=True)
     for key in ("lr_drops", "lr_drop_factor"):
         del saved["config"][key]

@@ -259,7 +259,12 @@ class ImportSpec:
         p = Path(path)
         if not p.exists():
             raise ImportSpecError(f"import spec {p}: not found")
-        data = yaml.safe_load(p.read_text())
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImportSpecError(f"import spec {p}: not valid YAML ({first}); fix the file (docs/your-data.md "
+                                  "shows one)") from None
         if not isinstance(data, dict):
             raise ImportSpecError(f"import spec {p}: expected a mapping at the top level")
         return cls.from_dict(data)
@@ -428,6 +433,12 @@ class _Reader:
         if missing:
             raise ImportSpecError(f"{where}: column(s) {missing} not in {src.path}; it has {list(df.columns)} "
                                   "(use rename or derive to make them)")
+        if not len(df):
+            left = (f" after where: {src.where!r}, which left out all {self.filtered[where]:,} of its rows"
+                    if src.where and self.filtered.get(where) else "")
+            raise ImportSpecError(f"{where}: no rows in {src.path}{left}; an empty table gives the models nothing "
+                                  "(events: nothing to learn; a profile or log: nothing to join); fix the file"
+                                  + (" or the where" if left else "") + ", or remove the table from the import spec")
         return df.reset_index(drop=True)
 
 
@@ -623,6 +634,14 @@ def _events(spec: ImportSpec, reader: _Reader) -> pd.DataFrame:
     out[ev.scenario] = df[ev.scenario].astype(str).astype(object)
     out[ev.time] = when
     out[ev.label] = y
+    dup = out.duplicated([*ev.keys, ev.time], keep=False)
+    if dup.any():  # the same check as the table-set loader's, naming the raw file
+        first = out[dup].iloc[0]
+        example = ", ".join(f"{k}={first[k]!r}" for k in ev.keys)
+        raise ImportSpecError(f"events: {int(out.duplicated([*ev.keys, ev.time]).sum())} row(s) of {ev.path} repeat "
+                              f"an event (the same keys {list(ev.keys)} and time), e.g. {example} at "
+                              f"{first[ev.time]}; keep one row per event, or add the column that tells them apart "
+                              "to events.keys")
     return out
 
 

@@ -31,6 +31,15 @@ class DataConfig:
     valid_frac: float = 0.1
     scenarios: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_frac < 1.0:
+            raise ValueError(f"data.test_frac is {self.test_frac}; use a share in (0, 1), e.g. 0.2 (the paper's)")
+        if not 0.0 <= self.valid_frac < 1.0:
+            raise ValueError(f"data.valid_frac is {self.valid_frac}; use a share in [0, 1), e.g. 0.1 (0: no "
+                             "validation rows, so no early stopping)")
+        if len(set(self.scenarios)) != len(self.scenarios):
+            raise ValueError(f"data.scenarios names a scenario twice: {list(self.scenarios)}")
+
 
 @dataclass
 class PreparedData:
@@ -65,18 +74,27 @@ def load_tables(cfg: DataConfig) -> TableSet:
     return TableSet.load(cfg.tables)
 
 
-def prepare(cfg: DataConfig) -> PreparedData:
-    """Load, join (point in time), validate and split a table set.
+def prepare(cfg: DataConfig, tables: TableSet | None = None) -> PreparedData:
+    """Load, check, join (point in time), validate and split a table set.
+
+    The tables are checked before the join (`longtail.data.tables.table_problems`: readable files,
+    the spec's columns and types, no empty table, no missing time, key or label, no duplicated
+    event), the joined rows against the spec (`DatasetSpec.validate`) after it.
 
     With ``LONGTAIL_JOIN_CACHE`` set to a folder, the joined and validated frame is cached there
     (see `longtail.data.tables.cached_join`), so repeated preparation of the same set (HPO
     trials, benchmark runs) reads one parquet file instead of joining and validating again.
 
+    Args:
+        cfg: the table set and the split.
+        tables: the table set ``cfg.tables`` names, when the caller has loaded (and checked) it already.
+
     Raises:
-        TableSetError: no table set is named, or the folder is not a complete one (says how to make one).
+        TableSetError: no table set is named, the folder is not a complete one (says how to make one),
+            or a table has a problem (names the file, the column and the fix).
         SpecError: when the joined rows do not satisfy the spec (names the column and the fix).
     """
-    tables = load_tables(cfg)
+    tables = tables if tables is not None else load_tables(cfg)
     spec = tables.spec
     frame, validated = cached_join(tables)  # a cache only when LONGTAIL_JOIN_CACHE names one
     if cfg.scenarios:

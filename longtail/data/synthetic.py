@@ -48,6 +48,17 @@ class SyntheticConfig:
     seq_signal: float = 1.2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from longtail.config import ConfigError
+
+        if self.n_scenarios < 1 or self.days < 1:
+            raise ConfigError(f"synthetic: scenarios ({self.n_scenarios}) and days ({self.days}) must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"synthetic: seed {self.seed}: use a seed of 0 or more")
+        if not 2 <= self.min_rows <= self.max_rows:
+            raise ConfigError(f"synthetic: min_rows {self.min_rows} and max_rows {self.max_rows}: need 2 <= min_rows "
+                              "<= max_rows (a scenario needs rows to train and to test on)")
+
 
 def synthetic_import_spec() -> ImportSpec:
     """The import spec of the synthetic raw tables (frames named events, profile, actions, market).

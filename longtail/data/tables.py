@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from longtail.io import atomic_path, atomic_write_json
 from longtail.spec import DatasetSpec, ProfileSpec, SequenceSpec, SpecError
@@ -47,6 +48,8 @@ MANIFEST = "manifest.json"
 HOW_TO_MAKE = ("import your own data with `longtail data import SPEC.yaml --out DIR` (docs/your-data.md), or "
                "build an example set with `longtail data build flights --out DIR` (or `synthetic`), then pass "
                "that folder")
+REBUILD = ("the table set is damaged or was edited by hand: rebuild it with `longtail data import SPEC.yaml --out "
+           "DIR` (or `longtail data build ...` for the examples)")
 
 
 class TableSetError(RuntimeError):
@@ -88,34 +91,306 @@ class TableSet:
         return [self.events_path, *(self.view_path(v) for v in self.spec.views)]
 
     @classmethod
-    def load(cls, root: str | Path) -> TableSet:
-        """Open a complete table set.
+    def load(cls, root: str | Path, *, check: bool = True) -> TableSet:
+        """Open a complete table set, checking it before anything is joined or trained.
+
+        Args:
+            root: the table-set folder.
+            check: check every table against the spec (`table_problems`): the files are readable
+                parquet with the spec's columns and types, no table is empty, no timestamp or key is
+                missing and no event is duplicated. False only opens the manifest and the spec
+                (`longtail data validate` lists the problems itself).
 
         Raises:
-            TableSetError: when the folder has no manifest (never built, or a build crashed).
+            TableSetError: the folder has no manifest (never built, or a build crashed), the manifest
+                is not JSON, or (with ``check``) a table has a problem; the message names the file or
+                column and the fix.
+            SpecError: ``spec.yaml`` is missing, not YAML or not a valid spec (names the file and key).
         """
         root = Path(root)
         if not str(root).strip() or str(root) == ".":
             raise TableSetError(f"no table set given; {HOW_TO_MAKE}")
         if not (root / MANIFEST).exists():
             raise TableSetError(f"{root}: not a complete table set (no {MANIFEST}); {HOW_TO_MAKE}")
-        manifest = json.loads((root / MANIFEST).read_text())
+        manifest = _read_manifest(root / MANIFEST)
+        if not (root / "spec.yaml").exists():
+            raise SpecError(f"{root / 'spec.yaml'}: missing; {REBUILD}")
         spec = DatasetSpec.from_yaml(root / "spec.yaml")
-        return cls(root=root, spec=spec, manifest=manifest)
+        tables = cls(root=root, spec=spec, manifest=manifest)
+        if check:
+            tables.check()
+        return tables
+
+    def problems(self) -> list[str]:
+        """Every problem of the set's tables against its spec (see `table_problems`), one sentence each."""
+        return table_problems(self.root, self.spec)
+
+    def check(self) -> None:
+        """Raise `TableSetError` naming the first problem of `problems` (and how many more there are)."""
+        found = self.problems()
+        if found:
+            more = (f" (and {len(found) - 1} more problem(s); `longtail data validate {self.root}` lists them)"
+                    if len(found) > 1 else "")
+            raise TableSetError(found[0] + more)
 
     def read_events(self) -> pd.DataFrame:
-        return pd.read_parquet(self.events_path)
+        return read_table(self.events_path)
 
     def read_profile(self, profile: str | ProfileSpec | None = None) -> pd.DataFrame:
         """One profile table (default: the first)."""
-        return pd.read_parquet(self.profile_path if profile is None else self.profile_table_path(profile))
+        return read_table(self.profile_path if profile is None else self.profile_table_path(profile))
 
     def read_profiles(self) -> dict[str, pd.DataFrame]:
         """Every profile table, by profile name."""
-        return {p.name: pd.read_parquet(self.view_path(p.view_name)) for p in self.spec.profile_tables}
+        return {p.name: read_table(self.view_path(p.view_name)) for p in self.spec.profile_tables}
 
     def read_behavior(self, seq: str | SequenceSpec) -> pd.DataFrame:
-        return pd.read_parquet(self.behavior_path(seq))
+        return read_table(self.behavior_path(seq))
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A table file of a set as a dataframe.
+
+    Raises:
+        TableSetError: the file is missing, truncated or not parquet (names the file and the fix).
+    """
+    path = Path(path)
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise TableSetError(f"{path}: missing; {REBUILD}") from None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise TableSetError(f"{path}: not a readable parquet file ({_first_line(e)}); {REBUILD}") from None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TableSetError(f"{path}: not valid JSON ({_first_line(e)}); {REBUILD}") from None
+    if not isinstance(manifest, dict):
+        raise TableSetError(f"{path}: expected a JSON object, got {type(manifest).__name__}; {REBUILD}")
+    return manifest
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------- checks before any join
+# arrow type families a column of each role may have
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or \
+        pa.types.is_decimal(t) or pa.types.is_null(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _key_family(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    return str(t)
+
+
+def _timestamp_problem(where: str, t: pa.DataType, *, tz_aware: bool = True) -> str | None:
+    """The problem of a timestamp column's type, or None."""
+    if pa.types.is_timestamp(t):
+        if tz_aware and t.tz is None:
+            return (f"{where}: timestamps without a time zone ({t}); store them as tz-aware UTC "
+                    "(pd.to_datetime(col, utc=True), or `timezone:` of the table in the import spec, which says "
+                    "what zone naive times are in)")
+        return None
+    kind = "text" if pa.types.is_string(t) or pa.types.is_large_string(t) else str(t)
+    return (f"{where}: holds {kind}, not timestamps; store tz-aware UTC datetimes (pd.to_datetime(col, utc=True)), "
+            "or import the raw table with `longtail data import`, which parses times (time_unit: for numbers)")
+
+
+def table_problems(root: str | Path, spec: DatasetSpec, *, read_data: bool = True,
+                   shown_as: str | Path | None = None) -> list[str]:
+    """Every problem of a table set's files against its spec, found before any join.
+
+    File level (parquet footers only): every table file the spec needs exists and is readable
+    parquet, holds the spec's columns with usable types (tz-aware event and snapshot times,
+    numeric labels, numbers for numeric features, lists for sequence fields, one key type
+    across tables) and has rows. With ``read_data`` (only the key, time and label columns are
+    read): no missing event time, snapshot time, scenario, label or key, labels 0/1, and no
+    event twice (the same entity keys and event time).
+
+    Args:
+        root: the table-set folder.
+        spec: its dataset spec.
+        read_data: also run the checks that read column values.
+        shown_as: the folder the messages name instead of ``root`` (a set being written names its
+            destination, not its temporary folder).
+
+    Returns:
+        One sentence per problem, naming the file and column and the fix (empty: no problem).
+    """
+    root = Path(root)
+    out: list[str] = []
+    schemas: dict[str, pa.Schema] = {}
+    rows: dict[str, int] = {}
+    files = {"events": root / "events.parquet", **{v: root / f"{v}.parquet" for v in spec.views}}
+    for name, path in files.items():
+        if not path.exists():
+            out.append(f"{path}: missing (the spec names table '{name}'); {REBUILD}")
+            continue
+        try:
+            meta = pq.read_metadata(path)
+            schemas[name] = meta.schema.to_arrow_schema()
+            rows[name] = meta.num_rows
+        except (pa.ArrowException, OSError, ValueError) as e:
+            out.append(f"{path}: not a readable parquet file ({_first_line(e)}); {REBUILD}")
+    key_types: dict[str, tuple[str, str]] = {}  # key -> (family, file) as the events table holds it
+
+    def columns_of(name: str, need: list[str]) -> pa.Schema | None:
+        schema = schemas.get(name)
+        if schema is None:
+            return None
+        missing = [c for c in need if c not in schema.names]
+        if missing:
+            out.append(f"{files[name]}: missing column(s) {missing} that spec '{spec.name}' declares; it has "
+                       f"{schema.names}. Add them, or remove them from the spec; {REBUILD}")
+            return None
+        return schema
+
+    def key_problem(name: str, schema: pa.Schema, key: str) -> None:
+        family = _key_family(schema.field(key).type)
+        if key in key_types and key_types[key][0] != family:
+            out.append(f"{files[name]}: entity key '{key}' is {family} here but {key_types[key][0]} in "
+                       f"{key_types[key][1]}; store the key with one type in every table (`longtail data import` "
+                       "gives each key one type)")
+
+    ev = columns_of("events", [spec.scenario, spec.label, spec.event_timestamp, *spec.entity_keys])
+    if ev is not None and rows.get("events") == 0:
+        out.append(f"{files['events']}: no rows: there is no event to train or evaluate on; import events "
+                   "(check the events file and its `where:` filter in the import spec)")
+    elif ev is not None:
+        where = f"{files['events']}: column '{spec.event_timestamp}' (the event time)"
+        problem = _timestamp_problem(where, ev.field(spec.event_timestamp).type)
+        out += [problem] if problem else []
+        label_t = ev.field(spec.label).type
+        if not (pa.types.is_integer(label_t) or pa.types.is_boolean(label_t) or pa.types.is_floating(label_t)):
+            out.append(f"{files['events']}: label column '{spec.label}' holds {label_t} values; the label must be 0/1 "
+                       f"or true/false: map it (e.g. yes/no -> 1/0), or derive it in the import spec (derive: "
+                       f"{{{spec.label}: \"outcome == 'yes'\"}})")
+        for k in spec.entity_keys:
+            key_types[k] = (_key_family(ev.field(k).type), str(files["events"]))
+    for p in spec.profile_tables:
+        need = [p.entity_key, SNAPSHOT_TS, *p.features, *([p.time_column] if p.time_column else [])]
+        schema = columns_of(p.view_name, need)
+        if schema is None:
+            continue
+        if rows.get(p.view_name) == 0:
+            out.append(f"{files[p.view_name]}: no rows: profile '{p.name}' has nothing to join onto the events; "
+                       "import its rows (check its file and `where:`), or remove the profile from the spec")
+            continue
+        key_problem(p.view_name, schema, p.entity_key)
+        problem = _timestamp_problem(f"{files[p.view_name]}: column '{SNAPSHOT_TS}'", schema.field(SNAPSHOT_TS).type)
+        out += [problem] if problem else []
+        for f in spec.profile_numeric:
+            if f.name in p.features and not _is_number(schema.field(f.name).type):
+                t = schema.field(f.name).type
+                out.append(f"{files[p.view_name]}: numeric feature '{f.name}' is stored as {t}"
+                           f"{' (numbers as text)' if pa.types.is_string(t) or pa.types.is_large_string(t) else ''}; "
+                           "store it as numbers (pd.to_numeric), re-import it with `longtail data import` (which "
+                           "converts and names a value that is not a number), or declare it categorical")
+        if p.time_column:
+            problem = _timestamp_problem(f"{files[p.view_name]}: as-of column '{p.time_column}'",
+                                         schema.field(p.time_column).type, tz_aware=False)
+            out += [problem] if problem else []
+    for s in spec.sequences:
+        key = spec.sequence_entity(s)
+        schema = columns_of(s.view_name, [key, SNAPSHOT_TS, *s.columns])
+        if schema is None:
+            continue
+        if rows.get(s.view_name) == 0:
+            out.append(f"{files[s.view_name]}: no rows: every event would have an empty '{s.name}' sequence; "
+                       "import the behavior log (check its file and `where:` in the import spec), or remove the "
+                       "sequence from the spec")
+            continue
+        key_problem(s.view_name, schema, key)
+        problem = _timestamp_problem(f"{files[s.view_name]}: column '{SNAPSHOT_TS}'", schema.field(SNAPSHOT_TS).type)
+        out += [problem] if problem else []
+        numeric = {f.name for f in s.numeric}
+        for fname in s.field_names:
+            col, t = s.column(fname), schema.field(s.column(fname)).type
+            if not _is_list(t):
+                out.append(f"{files[s.view_name]}: sequence column '{col}' holds {t}, not a list per snapshot; "
+                           "build the sequence tables with `longtail data import` (a log becomes list columns)")
+                continue
+            inner = t.value_type
+            if fname == s.timestamp_field:
+                if not (pa.types.is_timestamp(inner) or pa.types.is_null(inner)):
+                    out.append(f"{files[s.view_name]}: step times '{col}' hold {inner}, not timestamps; store UTC "
+                               "datetimes (or re-import the log with `longtail data import`)")
+            elif fname in numeric and not _is_number(inner):
+                out.append(f"{files[s.view_name]}: numeric step field '{col}' holds {inner}"
+                           f"{' (numbers as text)' if pa.types.is_string(inner) else ''}; store numbers, re-import "
+                           "the log with `longtail data import`, or declare the field categorical")
+    if read_data and not out:
+        out += _data_problems(files, spec)
+    if shown_as is not None:
+        out = [m.replace(str(root), str(shown_as)) for m in out]
+    return out
+
+
+def _data_problems(files: dict[str, Path], spec: DatasetSpec) -> list[str]:
+    """The checks of `table_problems` that read values (keys, times, scenarios and labels only)."""
+    out: list[str] = []
+    ev = read_table(files["events"], [spec.scenario, spec.label, spec.event_timestamp, *spec.entity_keys])
+    where = files["events"]
+    for col, what, fix in ((spec.event_timestamp, "no event time (NaT)", "drop those rows or fill their time"),
+                           (spec.scenario, "no scenario", "drop those rows or name their scenario"),
+                           (spec.label, "no label", "drop those rows or fill the label"),
+                           *((k, f"no value of entity key '{k}'", "drop those rows or fill the key")
+                             for k in spec.entity_keys)):
+        n = int(ev[col].isna().sum())
+        if n:
+            out.append(f"{where}: column '{col}': {n} of {len(ev)} row(s) have {what}; {fix} (e.g. `where: "
+                       f"\"`{col}` == `{col}`\"` in the import spec drops them)")
+    y = ev[spec.label].dropna()
+    if len(y) and y.dtype != bool:
+        bad = sorted({v.item() if isinstance(v, np.generic) else v for v in np.unique(y.to_numpy())} - {0, 1})
+        if bad:
+            out.append(f"{where}: label column '{spec.label}' holds {bad[:5]}; the label must be binary 0/1: derive "
+                       f"one (e.g. derive: {{{spec.label}: '{spec.label} >= 4'}} in the import spec)")
+    keys = [*spec.entity_keys, spec.event_timestamp]
+    dup = ev.duplicated(keys, keep=False)
+    if dup.any():
+        first = ev[dup].iloc[0]
+        example = ", ".join(f"{k}={_shown(first[k])}" for k in keys)
+        out.append(f"{where}: {int(ev.duplicated(keys).sum())} duplicated event(s): rows with the same entity keys "
+                   f"and event time ({example}); keep one row per event (drop_duplicates), or add the key that "
+                   "tells them apart to entity_keys")
+    for p in spec.profile_tables:
+        out += _snapshot_problems(files[p.view_name], p.entity_key)
+    for s in spec.sequences:
+        out += _snapshot_problems(files[s.view_name], spec.sequence_entity(s))
+    return out
+
+
+def _shown(v: Any) -> str:
+    """A value as a message shows it: 2, 'r3', 2024-01-10 03:58:15+00:00 (not np.int64(2))."""
+    if isinstance(v, pd.Timestamp):
+        return str(v)
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _snapshot_problems(path: Path, key: str) -> list[str]:
+    df = read_table(path, [key, SNAPSHOT_TS])
+    out = []
+    for col, what in ((SNAPSHOT_TS, "no snapshot time (NaT)"), (key, f"no value of entity key '{key}'")):
+        n = int(df[col].isna().sum())
+        if n:
+            out.append(f"{path}: column '{col}': {n} of {len(df)} row(s) have {what}; drop or fix those rows "
+                       "(`longtail data import` stamps every snapshot)")
+    return out
 
 
 Profiles = pd.DataFrame | dict[str, pd.DataFrame]
@@ -180,6 +455,10 @@ def write_table_set(
             "scenarios": events[spec.scenario].value_counts().to_dict(),
             "meta": meta or {},
         }
+        problems = table_problems(tmp, spec, shown_as=root)
+        if problems:  # the checks every reader runs: a set that would be refused is never written
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise TableSetError(problems[0] + more)
         atomic_write_json(tmp / MANIFEST, manifest)
         if root.exists():
             old = root.parent / f".{root.name}.tmp-old-{os.getpid()}"

@@ -454,17 +454,35 @@ class TrialRunner:
                 "space": self.space.to_dict(),
                 "budget": asdict(self.budget), "early_stopping": asdict(self.early_stopping)}
 
+    def check_journal(self) -> None:
+        """Refuse a journal written by another job (space, algorithm, seed or context) before anything runs.
+
+        Raises:
+            JournalMismatch: naming what differs and how to start afresh.
+        """
+        from longtail.runs import dict_differences
+
+        first = next((e for e in self.journal.read() if e["event"] == "job"), None)
+        if first is None:
+            return
+        header = self._header()
+        diffs = []
+        for key in ("algorithm", "seed", "space_fingerprint", "context"):
+            old, new = first.get(key, {}), header[key]
+            if old != new:
+                diffs += (dict_differences(old, new, f"{key}.") if isinstance(old, dict) and isinstance(new, dict)
+                          else [f"{key} {old!r} -> {new!r}"])
+        if diffs:
+            shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+            raise JournalMismatch(
+                f"{self.journal.path} was written by another job ({shown}); rerun with the same space, algorithm, "
+                f"seed, table set and trial settings to resume, or use a new output folder (or remove "
+                f"{self.root})")
+
     def _replay(self) -> list[int]:
         """Feed the journal to the strategy; returns the ids of asked trials that must (re-)run."""
+        self.check_journal()
         events = self.journal.read()
-        first = next((e for e in events if e["event"] == "job"), None)
-        if first is not None:
-            for key in ("algorithm", "seed", "space_fingerprint", "context"):
-                if first.get(key, {}) != self._header()[key]:
-                    raise JournalMismatch(
-                        f"{self.journal.path} was written by another job ({key} {first.get(key)!r}, now "
-                        f"{self._header()[key]!r}); rerun with the same space, algorithm, seed and trial "
-                        "settings to resume, or use a new output folder")
         session_start = last_t = None
         for e in events:
             kind = e["event"]

@@ -173,11 +173,14 @@ def job_overrides(cfg: HPOJobConfig) -> dict[str, Any]:
     return base
 
 
-def check_targets(space: SearchSpace, base: dict[str, Any]) -> None:
+def check_targets(space: SearchSpace, base: dict[str, Any]) -> TrialConfig:
     """Fail early (with the key) when a space or the job's settings name unknown config keys.
 
     Every parameter's target is set to its first candidate (or lower bound) together with the
     fixed and job settings, and the result is built as a `TrialConfig`.
+
+    Returns:
+        That `TrialConfig` (the first point of the space).
 
     Raises:
         longtail.config.ConfigError: naming the key.
@@ -187,7 +190,7 @@ def check_targets(space: SearchSpace, base: dict[str, Any]) -> None:
     for p in space:
         overrides[p.target] = p.values[0] if p.type == "categorical" else p.clip(p.low)
     nested = parse_overrides([f"{k}={format_value(v)}" for k, v in overrides.items()])  # as a trial reads them
-    load_config(TrialConfig, None, nested)
+    return load_config(TrialConfig, None, nested)
 
 
 def run_hpo(cfg: HPOJobConfig, log=None) -> HPOResult:
@@ -206,12 +209,14 @@ def run_hpo(cfg: HPOJobConfig, log=None) -> HPOResult:
     Returns:
         The `HPOResult`.
     """
+    from longtail.data.prepared import load_tables
+    from longtail.runs import check_devices, tables_digest
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     space = load_space(cfg.space)
     base = job_overrides(cfg)
-    check_targets(space, base)
-    save_config(cfg, out / "config.yaml")
+    check_devices(check_targets(space, base))  # e.g. trial.train.device=cuda on a machine without CUDA
+    table_set = load_tables(cfg.data)  # checked before the job folder exists: a bad set leaves nothing behind
     algorithm = create_algorithm(cfg.algorithm, space, seed=cfg.seed, max_trials=cfg.budget.max_trials)
     tables = str(Path(cfg.data.tables).resolve())
 
@@ -221,9 +226,14 @@ def run_hpo(cfg: HPOJobConfig, log=None) -> HPOResult:
 
     # every trial prepares the same table set: join and validate it once, in a cache the trials share
     env = {JOIN_CACHE_ENV: os.environ.get(JOIN_CACHE_ENV) or str((out / "join-cache").resolve())}
+    # the journal is bound to the table set's content (a moved set resumes, a rebuilt one with other rows does not)
     runner = TrialRunner(space, algorithm, CommandEvaluator(argv, metric=METRIC, step_key=STEP_KEY, env=env),
                          cfg.budget, out / "journal.jsonl", cfg.early_stopping, log=log,
-                         context={"trial_settings": base, "tables": tables, "save_models": cfg.save_models})
+                         context={"trial_settings": base, "tables": tables_digest(table_set),
+                                  "save_models": cfg.save_models})
+    runner.check_journal()  # another job's folder is refused before its config.yaml is touched
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     result = runner.run()
     best = None
     if result.best_trial is not None:

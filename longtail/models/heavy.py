@@ -51,6 +51,20 @@ def _dims(value: Any) -> tuple[int, ...]:
     return dims
 
 
+def _check_encoder(where: str, settings: Mapping[str, Any]) -> None:
+    """The encoder a config names is registered, and its attention heads divide its width."""
+    name = settings["encoder"]
+    encoder_class(name)  # UnknownEncoderError (a ValueError) lists the registered names
+    takes = encoder_parameters(name)
+    if "num_heads" in takes and "hidden_size" in takes and "genotype" not in takes:
+        heads, hidden = int(settings["num_heads"]), int(settings["hidden_size"])
+        if hidden % heads:
+            divisors = [d for d in range(1, hidden + 1) if hidden % d == 0]
+            raise ValueError(f"{where}num_heads={heads} does not divide {where}hidden_size={hidden} (encoder "
+                             f"{name!r} splits its width over its heads); use num_heads in {divisors} or another "
+                             "hidden_size")
+
+
 @dataclass(frozen=True)
 class HeavyConfig:
     """Architecture of a heavy (or pre-defined light) model.
@@ -109,6 +123,9 @@ class HeavyConfig:
                     f"sequence_overrides[{name!r}] has unknown keys {sorted(unknown)}; "
                     f"allowed: {sorted(_OVERRIDABLE)}"
                 )
+        for where, settings in (("", self.__dict__), *((f"sequence_overrides[{n!r}].", {**self.__dict__, **o})
+                                                        for n, o in self.sequence_overrides.items())):
+            _check_encoder(where, settings)
 
     def encoder_settings(self, sequence: str) -> tuple[str, dict[str, Any]]:
         """Encoder name and keyword arguments for one sequence (overrides applied).

@@ -32,6 +32,7 @@ from longtail.meta.server import Theta0Server
 from longtail.model_folder import save_model_dir
 from longtail.models.heavy import HeavyConfig, build_model
 from longtail.onboarding.recipe import Recipe
+from longtail.runs import RunMismatch
 from longtail.train import TrainConfig
 from longtail.train_job import train_heavy
 
@@ -265,17 +266,41 @@ class StrategyJobConfig:
     workers: int = 1
     registry: str = ""
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers is {self.workers}; use 1 (strict arrival order) or more")
+
 
 def run_strategy(cfg: StrategyJobConfig, out: str | Path, *, log=print) -> dict[str, Any]:
     """Prepare the data, run SinH or MeH, and write ``out`` (config.yaml, per_scenario.csv, metrics.json).
 
+    The config and the table set are checked before anything is written, then ``out`` is bound to
+    the run's fingerprint (`longtail.runs`: the table set's content, the split, the recipe, the
+    strategy and workers; not the registry): the same run resumes, another one is refused. A run
+    that stops on an error is marked by ``failed.json``; ``metrics.json`` is written last.
+
     Returns:
         The metrics written to ``metrics.json``.
+
+    Raises:
+        longtail.runs.RunMismatch: ``out`` holds another run.
     """
-    data = prepare(cfg.data)  # before the run folder exists: a bad table set leaves nothing behind
+    from longtail.data.prepared import load_tables
+    from longtail.runs import check_devices, fingerprint, run_folder
+
+    check_devices(cfg)
+    tables = load_tables(cfg.data)
+    fp = fingerprint("meta run", cfg, tables, ignore=("data.tables", "registry"))
+    data = prepare(cfg.data, tables)  # before the run folder exists: a bad table set leaves nothing behind
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    with run_folder(out, fp) as resumed:
+        if resumed:
+            log(f"resuming the run in {out} (same data and settings)")
+        save_config(cfg, out / "config.yaml")
+        return _run_strategy(cfg, data, out, log)
+
+
+def _run_strategy(cfg: StrategyJobConfig, data: PreparedData, out: Path, log) -> dict[str, Any]:
     if cfg.strategy == "sinh":
         result = run_sinh(data, cfg.recipe.model, cfg.recipe.train, out=out, log=log)
     elif cfg.strategy == "meh":
@@ -312,8 +337,16 @@ def run_refresh(cfg: RefreshJobConfig, *, log=print) -> dict[str, Any]:
     Returns:
         The new version's ledger record (with the refresh's training summary).
     """
+    from longtail.data.prepared import load_tables
+    from longtail.runs import check_devices
+
+    check_devices(cfg)
     server = Theta0Server(cfg.store)
-    data = prepare(cfg.data)
+    tables = load_tables(cfg.data)
+    # a store inside a MeH run folder was built on that run's table set and split: refresh on those only
+    _check_same_data_as_meh(Path(cfg.store).parent, tables, cfg.data,
+                            fix="Pass the --data and --set data.* the MeH run was made with (its config.yaml)")
+    data = prepare(cfg.data, tables)
     record = refresh_theta0(server, data, cfg.train)
     log(f"θ0 refreshed on {len(record['scenarios'])} scenarios: v{record['parent']} -> v{record['version']} "
         f"(valid AUC {record['train']['best_valid_auc']})")
@@ -352,6 +385,12 @@ LIGHT_COLUMNS = ["scenario", "n_train", "n_test", "auc_meh", "auc_mel", "auc_our
                  "seconds_ours"]
 
 
+def _require_finished_meh(folder: Path) -> None:
+    if not (folder / "metrics.json").exists() or not (folder / "theta0_final" / "model.json").exists():
+        raise FileNotFoundError(f"{folder}: not a finished MeH run (no metrics.json or theta0_final/); make one with "
+                                "`longtail meta run --strategy meh --data TABLES --out DIR`")
+
+
 def meh_run_data(meh_out: str | Path) -> DataConfig:
     """The table set and split a MeH run was made with (its ``config.yaml``).
 
@@ -361,9 +400,7 @@ def meh_run_data(meh_out: str | Path) -> DataConfig:
     from longtail.config import config_from_dict
 
     folder = Path(meh_out)
-    if not (folder / "metrics.json").exists() or not (folder / "theta0_final" / "model.json").exists():
-        raise FileNotFoundError(f"{folder}: not a finished MeH run (no metrics.json or theta0_final/); make one with "
-                                "`longtail meta run --strategy meh --data TABLES --out DIR`")
+    _require_finished_meh(folder)
     path = folder / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path}: the MeH run does not record its table set; pass --data TABLES (the table "
@@ -376,27 +413,76 @@ def meh_run_data(meh_out: str | Path) -> DataConfig:
 def run_light_job(cfg: LightJobConfig, log=None) -> pd.DataFrame:
     """Ours (and the references) for every θu of a MeH run: `longtail.onboarding.onboard` with that θu.
 
+    The data, the MeH run and the config are checked before anything is written, then ``cfg.out`` is
+    bound to the job's fingerprint (`longtail.runs`: the table set's content, the split, the recipe,
+    the scenarios and the digests of θ0 and every teacher): the same job resumes, another is refused.
+
     Returns:
         One row per scenario (`LIGHT_COLUMNS`; test AUCs for the report).
+
+    Raises:
+        longtail.runs.RunMismatch: ``cfg.out`` holds another job, or the MeH run was made on another
+            table set or split than ``cfg.data``.
     """
-    from longtail.model_folder import load_model_dir
-    from longtail.onboarding.core import Theta0, onboard
-    from longtail.onboarding.promotion import publish_onboarding
+    from longtail.data.prepared import load_tables
+    from longtail.runs import check_devices, fingerprint, model_dir_digest, run_folder
 
     say = log or (lambda _m: None)
     if not cfg.meh_out:
         raise FileNotFoundError("meh_out is empty: pass --meh-out RUN, a finished `longtail meta run --strategy meh`")
     meh = Path(cfg.meh_out)
+    _require_finished_meh(meh)
     data_cfg = cfg.data if cfg.data.tables else meh_run_data(meh)
-    data = prepare(data_cfg)  # before the job folder exists: a bad table set leaves nothing behind
+    effective = dataclasses.replace(cfg, data=data_cfg)
+    check_devices(effective)
+    tables = load_tables(data_cfg)
+    _check_same_data_as_meh(meh, tables, data_cfg)
+    data = prepare(data_cfg, tables)  # before the job folder exists: a bad table set leaves nothing behind
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(dataclasses.replace(cfg, data=data_cfg), out / "config.yaml")
     models = meh / "models"
     scenarios = list(cfg.scenarios) or [s for s in data.scenarios if (models / safe_name(s) / "model.json").exists()]
     missing = [s for s in scenarios if not (models / safe_name(s) / "model.json").exists()]
     if missing:  # before any pre-training or search is spent
         raise FileNotFoundError(f"{models}: no θu for scenarios {missing}; were they onboarded by the MeH run?")
+    inputs = {"θ0 of the MeH run (theta0_final)": model_dir_digest(meh / "theta0_final"),
+              **{f"θu of {s} (the teacher)": model_dir_digest(models / safe_name(s)) for s in scenarios}}
+    fp = fingerprint("nas light", effective, tables, ignore=("data.tables", "meh_out", "out", "registry"),
+                     inputs=inputs)
+    with run_folder(out, fp) as resumed:
+        if resumed:
+            say(f"resuming the job in {out} (same data, teachers and settings)")
+        save_config(effective, out / "config.yaml")
+        return _light_job(cfg, data_cfg, data, meh, models, scenarios, out, say)
+
+
+def _check_same_data_as_meh(meh: Path, tables, data_cfg: DataConfig,
+                            fix: str = "Leave --data out (the job then reads the MeH run's own), or make a MeH run "
+                                       "on this data") -> None:
+    """Refuse a table set or split other than the MeH run's: its θu would have trained on TEST rows here."""
+    import json
+
+    from longtail.runs import RUN_FILE, differences, fingerprint
+
+    if not (meh / RUN_FILE).exists():
+        return  # a MeH run from before run folders were fingerprinted: its config.yaml is all there is
+    old = json.loads((meh / RUN_FILE).read_text())
+    mine = fingerprint("meta run", StrategyJobConfig(data=data_cfg), tables, ignore=("data.tables",))
+
+    def data_part(fp: dict[str, Any]) -> dict[str, Any]:  # only the table set and the split matter here
+        return {"command": "meta run", "tables": fp.get("tables"), "config": {"data": fp["config"].get("data")}}
+
+    diffs = differences(data_part(old), data_part(mine))
+    if diffs:
+        raise RunMismatch(f"{meh}: the MeH run was made from another table set or split than this job's "
+                          f"({'; '.join(diffs)}); its models have trained on rows that are TEST rows here. {fix}")
+
+
+def _light_job(cfg: LightJobConfig, data_cfg: DataConfig, data: PreparedData, meh: Path, models: Path,
+               scenarios: list[str], out: Path, say) -> pd.DataFrame:
+    from longtail.model_folder import load_model_dir
+    from longtail.onboarding.core import Theta0, onboard
+    from longtail.onboarding.promotion import publish_onboarding
+
     theta0 = Theta0.from_model_dir(meh / "theta0_final")
     recipe = cfg.recipe
     pretrained = None

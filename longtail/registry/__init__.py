@@ -12,6 +12,7 @@ from longtail.registry.errors import (
     RegistryError,
     UnsafeModelError,
 )
+from longtail.registry.gc import GarbageReport, clean_temp_files, collect_garbage, open_existing_registry
 from longtail.registry.registry import (
     FileEntry,
     ModelRegistry,
@@ -26,7 +27,8 @@ from longtail.registry.registry import (
 from longtail.registry.store import LocalStore, ObjectStore, S3Store, open_store
 
 __all__ = [
-    "ConflictError", "FileEntry", "IntegrityError", "LocalStore", "ModelRegistry", "ModelVersion",
+    "ConflictError", "FileEntry", "GarbageReport", "IntegrityError", "LocalStore", "ModelRegistry", "ModelVersion",
     "NotFoundError", "ObjectStore", "RegistryError", "S3Store", "ServingIndex", "ServingState", "UnsafeModelError",
-    "check_weights_only", "current_code_version", "lineage", "open_registry", "open_store",
+    "check_weights_only", "clean_temp_files", "collect_garbage", "current_code_version", "lineage",
+    "open_existing_registry", "open_registry", "open_store",
 ]

@@ -284,6 +284,9 @@ class ModelRegistry:
             if rel.endswith(WEIGHT_SUFFIXES):
                 check_weights_only(Path(model_dir) / rel)
         metrics, lineage = _jsonable(metrics, "metrics"), _jsonable(lineage, "lineage")
+        from longtail.registry.gc import clean_temp_files
+
+        clean_temp_files(self.store)  # temp files of publishes killed part-way on this host (their writer is dead)
         publish_id = uuid.uuid4().hex
         version = self._claim(name, version, publish_id)
 

@@ -135,7 +135,8 @@ class LocalStore(ObjectStore):
 
     def _write_temp(self, data: bytes) -> Path:
         self._tmp.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self._tmp)
+        # the writer's pid and host in the name: `longtail.registry.gc` removes the temp files of dead writers
+        fd, tmp = tempfile.mkstemp(prefix=f".{temp_owner()}.", suffix=".tmp", dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -233,6 +234,12 @@ class LocalStore(ObjectStore):
                 raise ConflictError(f"{self.uri}: {key} changed (expected etag {expected})")
             self._replace(path, data)
         return _etag(data)
+
+
+def temp_owner(pid: int | None = None) -> str:
+    """``<pid>-<host hash>``: who writes a temporary file of a `LocalStore` (see ``_write_temp``)."""
+    host = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
+    return f"{os.getpid() if pid is None else pid}-{host}"
 
 
 def _read(path: Path) -> bytes:

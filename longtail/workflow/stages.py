@@ -14,7 +14,11 @@ Workspace layout (``cfg.workspace``)::
     report/                       serving.json (what serves each scenario), report.md / report.html
 
 Every stage is idempotent: a stage whose output exists for the same inputs returns it without
-recomputing (``result.json``, the θ0 store, prepared files), θ0 feedback is applied once per
+recomputing (``result.json``, the θ0 store, prepared files; each records the inputs it was made
+from: the table set's content, the split, the recipe), an output made from other inputs is never
+reused (a prepared scenario is prepared again, a scenario's result is set aside as
+``<tag>.superseded-<key>`` and the scenario onboarded again, and a θ0 store of other inputs is
+refused: it is the workspace's long-lived state), θ0 feedback is applied once per
 update id by the store's ledger, and outputs are written atomically, so a crashed or partly
 failed run is completed by running it again. A failing scenario is reported (``failed.json`` and
 a ``failed`` result) without failing the others; rerunning redoes only the failed ones.
@@ -87,12 +91,22 @@ def _prepared_path(cfg: PipelineConfig, scenario: str) -> Path:
     return _ws(cfg) / "prepared" / f"{safe_name(scenario)}.parquet"
 
 
+def _tables_content(cfg: PipelineConfig) -> Any:
+    """The table set's content (`longtail.runs.tables_digest`: its spec and every table file), or its path
+    when it is not a local folder."""
+    from longtail.data.tables import MANIFEST, TableSet
+    from longtail.runs import tables_digest
+
+    root = Path(_tables(cfg))
+    if not (root / MANIFEST).exists():
+        return cfg.tables
+    return tables_digest(TableSet.load(root, check=False))
+
+
 def _prepare_key(cfg: PipelineConfig, scenario: str) -> str:
-    """What a prepared scenario depends on: the table set (and when it was built: new data is
-    prepared again, which is what a drift-triggered retrain needs), the cap and the split."""
-    manifest = Path(_tables(cfg)) / "manifest.json"
-    built = json.loads(manifest.read_text()).get("created_unix") if manifest.exists() else None
-    return _digest({"tables": cfg.tables, "built": built, "scenario": scenario, "service": cfg.service_version,
+    """What a prepared scenario depends on: the table set's content (new data is prepared again, which
+    is what a drift-triggered retrain needs), the cap and the split."""
+    return _digest({"tables": _tables_content(cfg), "scenario": scenario, "service": cfg.service_version,
                     "cap": cfg.max_rows_per_scenario, "split": [cfg.split_seed, cfg.test_frac, cfg.valid_frac]})
 
 
@@ -217,11 +231,14 @@ def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict
 
     root = _ws(cfg) / "theta0"
     summary_path = _theta0_summary_path(cfg)
-    if (root / "ledger.json").exists() and summary_path.exists():
-        _log(log, f"θ0 store exists in {root} (version {Theta0Server(root).current_version}); kept")
-        return json.loads(summary_path.read_text())
     if not scenarios:
         raise StageError("build_theta0: no initial scenarios; pass at least one")
+    inputs = _theta0_inputs(cfg, list(scenarios))
+    if (root / "ledger.json").exists() and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        _check_theta0_inputs(cfg, summary, inputs)
+        _log(log, f"θ0 store exists in {root} (version {Theta0Server(root).current_version}); kept")
+        return summary
     data = load_prepared(cfg, list(scenarios))
     t0 = time.perf_counter()
     recipe = cfg.recipe
@@ -241,11 +258,40 @@ def build_theta0(cfg: PipelineConfig, scenarios: list[str], *, log=None) -> dict
     ref = publish_theta0(cfg, 0, dataset=data.spec.name, how=how, log=log)
     summary = {"version": 0, "scenarios": list(scenarios), "theta0": how, "seconds": time.perf_counter() - t0,
                "per_scenario": per.replace({np.nan: None}).to_dict("records"),
-               "registry": {"name": ref[0], "version": ref[1]}}
+               "registry": {"name": ref[0], "version": ref[1]}, "inputs": inputs}
     atomic_write_json(summary_path, summary)
     if recipe.light.pretrain.epochs > 0:  # once here, so that parallel onboardings find it cached
         light_pretrained(cfg, log=log)
     return summary
+
+
+def _theta0_inputs(cfg: PipelineConfig, scenarios: list[str]) -> dict[str, Any]:
+    """What the workspace's θ0 is made from: the initial scenarios and their data, the split, θ0's recipe."""
+    from longtail.config import config_to_dict
+
+    recipe = cfg.recipe
+    return {"scenarios": sorted(scenarios), "tables": _tables_content(cfg),
+            "split": {"split_seed": cfg.split_seed, "test_frac": cfg.test_frac, "valid_frac": cfg.valid_frac},
+            "max_rows_per_scenario": cfg.max_rows_per_scenario, "theta0": cfg.theta0,
+            "theta0_choice": config_to_dict(cfg.theta0_choice) if cfg.theta0 == "choose" else None,
+            "recipe": {"model": config_to_dict(recipe.model), "train": config_to_dict(recipe.train),
+                       "meta.update": config_to_dict(recipe.meta.update)}}
+
+
+def _check_theta0_inputs(cfg: PipelineConfig, summary: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse to keep a θ0 built from other inputs: the workspace's θ0 is its long-lived state."""
+    from longtail.runs import dict_differences
+
+    old = summary.get("inputs")
+    if old is None:
+        return  # a workspace from before θ0 recorded its inputs
+    diffs = dict_differences(json.loads(json.dumps(old)), json.loads(json.dumps(inputs)))
+    if diffs:
+        shown = "; ".join(d if len(d) < 160 else d[:157] + "..." for d in diffs[:6])
+        raise StageError(f"{_ws(cfg)}: its θ0 was built from other inputs than this run's ({shown}"
+                         f"{'; ...' if len(diffs) > 6 else ''}); a workspace's θ0 is never reused for other data or "
+                         "settings, and never rebuilt over the one its scenarios were onboarded from: use another "
+                         "workspace (pipeline.workspace), or remove this one to start afresh")
 
 
 def publish_theta0(cfg: PipelineConfig, version: int, *, dataset: str, how: str = "", log=None) -> tuple[str, int]:
@@ -361,9 +407,18 @@ def onboard_one(cfg: PipelineConfig, scenario: str, *, tag: str = ONBOARD_TAG, l
     """
     out = scenario_dir(cfg, scenario, tag)
     done = out / "result.json"
+    inputs = _onboard_inputs(cfg, scenario)
     if done.exists():
-        _log(log, f"{scenario}: already onboarded ({done}); kept")
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if result.get("inputs", inputs) == inputs:  # a result from before results recorded their inputs is kept
+            _log(log, f"{scenario}: already onboarded ({done}); kept")
+            return result
+        # made from other data or settings: never reused; set aside (its registry versions stay) and redone
+        aside = out.with_name(f"{out.name}{SUPERSEDED}{result['inputs']}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(out, aside)
+        _log(log, f"{scenario}: the result in {out} was made from other data or settings; onboarding again "
+                  f"(the old one is in {aside})")
     try:
         result = _onboard(cfg, scenario, out, tag, log)
     except Exception as e:  # noqa: BLE001 - reported per scenario, never fails the others
@@ -373,8 +428,23 @@ def onboard_one(cfg: PipelineConfig, scenario: str, *, tag: str = ONBOARD_TAG, l
         _log(log, f"{scenario}: FAILED ({failure['error']}); see {out / 'failed.json'}")
         return {k: v for k, v in failure.items() if k != "traceback"}
     (out / "failed.json").unlink(missing_ok=True)
+    result["inputs"] = inputs
     atomic_write_json(done, result)
     return result
+
+
+SUPERSEDED = ".superseded-"  # a scenario's result made from other inputs, set aside under <tag>.superseded-<key>
+
+
+def _onboard_inputs(cfg: PipelineConfig, scenario: str) -> str:
+    """What one onboarding is made from: the scenario's prepared rows, the recipe, the references and
+    the θ0 store (its creation; not its version, which the other scenarios' feedback moves on)."""
+    from longtail.config import config_to_dict
+
+    ledger = _ws(cfg) / "theta0" / "ledger.json"
+    store = json.loads(ledger.read_text())["versions"][0].get("time") if ledger.exists() else None
+    return _digest({"prepared": _prepare_key(cfg, scenario), "recipe": config_to_dict(cfg.recipe),
+                    "references": list(cfg.references), "theta0_store": store})
 
 
 def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> dict[str, Any]:
@@ -507,7 +577,7 @@ def collect_results(cfg: PipelineConfig, tag: str | None = None) -> list[dict[st
     """Every scenario's newest result in the workspace (``result.json``, else ``failed.json``)."""
     out = []
     for scen_dir in sorted((_ws(cfg) / "scenarios").glob("*")):
-        tags = [tag] if tag else sorted((p.name for p in scen_dir.iterdir() if p.is_dir()),
+        tags = [tag] if tag else sorted((p.name for p in scen_dir.iterdir() if p.is_dir() and SUPERSEDED not in p.name),
                                         key=lambda t: (scen_dir / t).stat().st_mtime)
         for t in reversed(tags):
             for name in ("result.json", "failed.json"):
