@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving clean
+.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving chromium clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,12 +17,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/longtail pipelines demo --config configs/demo.yaml
 
+## headless Chromium for the report test (Debian's chromium package)
+chromium:
+	bash scripts/install-chromium.sh
+
 ## every test tier (unit, data, model, slow)
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -q
 
 ## the quick tiers only
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)

@@ -56,6 +56,10 @@ class PromotionConfig:
     min_gain: float = 0.0
 
 
+# references computed over every scenario when the report is written (not by an onboarding)
+REPORT_REFERENCES = ("LightGBM",)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Settings of every stage of the bootstrap, onboard and retrain pipelines.
@@ -76,8 +80,9 @@ class PipelineConfig:
             vs NAS heavy, the better on VALID rows kept, ``theta0_choice``).
         theta0_choice: the HPO and NAS settings of ``theta0: choose``.
         recipe: every onboarding setting (`longtail.onboarding.Recipe`: a named preset, overridable).
-        references: reference models each onboarding also trains for the report (``MeL``, ``SinH``);
-            a production onboarding needs none.
+        references: reference models trained for the report only: ``MeL`` and ``SinH`` by each
+            onboarding, ``LightGBM`` (one LightGBM over every scenario, the scenario as a feature,
+            `longtail.baselines.lightgbm_global`) when the report is written; a production run needs none.
         promotion: champion/challenger promotion of the light models.
         fallback_pointer: the serving pointer of θ0, which answers scenarios without a model of their
             own (the serving config's ``fallback_pointer``).
@@ -105,9 +110,9 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         from longtail.onboarding import REFERENCES
 
-        bad = sorted(set(self.references) - set(REFERENCES))
+        bad = sorted(set(self.references) - set(REFERENCES) - set(REPORT_REFERENCES))
         if bad:
-            raise ValueError(f"references {bad}: use any of {list(REFERENCES)}")
+            raise ValueError(f"references {bad}: use any of {[*REFERENCES, *REPORT_REFERENCES]}")
         if self.max_rows_per_scenario < 0:
             raise ValueError(f"max_rows_per_scenario is {self.max_rows_per_scenario}; use 0 (every row) or more")
         if self.parallelism < 1:
