@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving chromium clean
+.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving bench-train chromium clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-hpo: $(STAMP)
 ## the serving service on loopback: p50/p99 and errors, light vs heavy, single vs batched; then a schemathesis fuzz run
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
+
+## training rows/s (heavy LSTM, BERT, light supernet, derived light) and preparation time, side by side with 5add9bb (QUICK=1: short)
+bench-train: $(STAMP)
+	$(BIN)/python bench/train.py $(if $(QUICK),--quick,)
 
 ## compile bootstrap, onboard and retrain to KFP IR YAML (build/pipelines/)
 pipelines-compile: $(STAMP)
