@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving bench-train chromium clean
+.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving bench-import bench-train chromium clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,13 +48,17 @@ bench-nas: $(STAMP)
 bench-hpo: $(STAMP)
 	$(BIN)/python bench/hpo.py $(if $(QUICK),--quick,)
 
-## the serving service on loopback: p50/p99 and errors, light vs heavy, single vs batched; then a schemathesis fuzz run
+## the serving service on loopback: light vs heavy single requests at 50/200/400 req/s (p50/p99, errors, server CPU), gRPC, forward backends, 1,000 scenarios in one service; then a schemathesis fuzz run (QUICK=1: < 2 min)
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
 
 ## training rows/s (heavy LSTM, BERT, light supernet, derived light) and preparation time, side by side with 5add9bb (QUICK=1: short)
 bench-train: $(STAMP)
 	$(BIN)/python bench/train.py $(if $(QUICK),--quick,)
+
+## `longtail data import` on the flights raw files: rows/s from parquet and CSV, hourly vs per-event stamps (QUICK=1: January)
+bench-import: $(STAMP)
+	$(BIN)/python bench/import.py $(if $(QUICK),--quick,)
 
 ## compile bootstrap, onboard and retrain to KFP IR YAML (build/pipelines/)
 pipelines-compile: $(STAMP)

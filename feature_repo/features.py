@@ -1,9 +1,10 @@
 """Feature definitions of this repo, for `feast apply` (defines objects only; no side effects).
 
 The objects are derived from the table set named in ``longtail_features.yaml`` (or
-``$LONGTAIL_FEATURE_TABLES``) and its ``spec.yaml``: entities, the ``profile_daily`` and
-``behavior_<sequence>_hourly`` feature views (sequences as array features) and the versioned feature
-service ``<dataset>_v<N>`` that training and serving both use. See `feature_store.definitions`.
+``$LONGTAIL_FEATURE_TABLES``) and its ``spec.yaml``: entities, one feature view per profile table
+and per behavior sequence, named as the spec names them (sequences as array features), and the
+versioned feature service ``<dataset>_v<N>`` that training and serving both use. See
+`feature_store.definitions`.
 """
 
 import dataclasses

@@ -1,7 +1,7 @@
 """The features layer (DESIGN.md): the feature factory's glue to Feast.
 
-* `feature_store.definitions`: Feast objects (entities, sources, the ``profile_daily`` and
-  ``behavior_<seq>_hourly`` feature views, versioned feature services) derived from a
+* `feature_store.definitions`: Feast objects (entities, sources, one feature view per profile
+  table and per behavior sequence, named by the spec, versioned feature services) derived from a
   `DatasetSpec` and a table set, so that any dataset a spec describes gets a feature repo;
 * `feature_store.store`: open a working copy of ``feature_repo/``, apply, materialize, and the
   point-in-time training frame through ``get_historical_features``.

@@ -1,19 +1,23 @@
 """Feast definitions derived from a `DatasetSpec` and a table set (local folder or ``s3://`` prefix).
 
-One entity per entity key, one ``FileSource`` per table of the set, the ``profile_daily`` feature
-view (the profile entity, daily snapshots) and one ``behavior_<seq>_hourly`` feature view per
-behavior sequence whose fields are array features, and the versioned feature service
-``<dataset>_v<N>`` that both training (``get_historical_features``) and serving
+One entity per entity key a table is keyed by, one ``FileSource`` per table of the set, one
+feature view per profile table and per behavior sequence, named as the spec names them
+(``ProfileSpec.view_name``, ``SequenceSpec.view_name``: e.g. ``profile_user``, ``behavior_history``;
+the first table sets used ``profile_daily`` and ``behavior_<seq>_hourly``) with sequence fields
+as array features and a profile's as-of column as a timestamp feature, and the versioned feature
+service ``<dataset>_v<N>`` that both training (``get_historical_features``) and serving
 (``get_online_features``) name.
 
 A snapshot stamped ``snapshot_ts`` holds what was known strictly before it (see
 `longtail.data.tables`); the views' ``ttl`` is long by default because a sequence snapshot is only
-written when the sequence changes (an aircraft idle for weeks keeps its last snapshot).
+written when the sequence changes (an aircraft idle for weeks keeps its last snapshot). Each view
+is tagged with its entity key and whether its rows are static (known at all times, see
+`feature_store.store.materialize`).
 
 Example:
-    >>> defs = build_definitions(spec, "data/flights")
+    >>> defs = build_definitions(spec, FeatureRepoConfig(tables="data/flights"))
     >>> sorted(defs)[:3]
-    ['behavior_aircraft_hourly', 'behavior_weather_hourly', 'flights_v1']
+    ['behavior_aircraft_hourly', 'behavior_aircraft_hourly_source', 'behavior_weather_hourly']
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
 from longtail.data.tables import SNAPSHOT_TS
-from longtail.spec import DatasetSpec
+from longtail.spec import LEGACY_PROFILE_VIEW, DatasetSpec
 
-PROFILE_VIEW = "profile_daily"
+PROFILE_VIEW = LEGACY_PROFILE_VIEW  # the profile view of a spec that names no profile tables
+STATIC_TAG = "static"
 
 _VALUE_TYPES = {"int64": ValueType.INT64, "int32": ValueType.INT32, "string": ValueType.STRING,
                 "large_string": ValueType.STRING}
@@ -62,9 +67,19 @@ def service_name(spec: DatasetSpec, version: int) -> str:
     return f"{spec.name}_v{int(version)}"
 
 
-def behavior_view(seq_name: str) -> str:
+def behavior_view(spec: DatasetSpec, seq_name: str) -> str:
     """The feature view of a behavior sequence, e.g. ``behavior_aircraft_hourly``."""
-    return f"behavior_{seq_name}_hourly"
+    return spec.sequence(seq_name).view_name
+
+
+def view_tables(spec: DatasetSpec) -> dict[str, tuple[str, list[str], bool]]:
+    """View name -> (its entity key, its feature columns, static) for every table of the spec."""
+    out: dict[str, tuple[str, list[str], bool]] = {}
+    for p in spec.profile_tables:
+        out[p.view_name] = (p.entity_key, [*p.features, *([p.time_column] if p.time_column else [])], p.static)
+    for s in spec.sequences:
+        out[s.view_name] = (spec.sequence_entity(s), s.columns, False)
+    return out
 
 
 def build_definitions(spec: DatasetSpec, cfg: FeatureRepoConfig, schemas: dict[str, Any] | None = None
@@ -81,13 +96,12 @@ def build_definitions(spec: DatasetSpec, cfg: FeatureRepoConfig, schemas: dict[s
         Name -> `Entity` / `FileSource` / `FeatureView` / `FeatureService`.
     """
     root = cfg.tables.rstrip("/")
-    tables = [PROFILE_VIEW, *(behavior_view(s.name) for s in spec.sequences)]
+    tables = view_tables(spec)
     schemas = schemas or {t: read_schema(f"{root}/{t}.parquet", cfg.s3_endpoint_url) for t in tables}
     out: dict[str, Any] = {}
     entities = {}
     for key in spec.entity_keys:
-        table = PROFILE_VIEW if key == spec.profile_entity else next(
-            (behavior_view(s.name) for s in spec.sequences if spec.sequence_entity(s) == key), None)
+        table = next((t for t, (k, _, _) in tables.items() if k == key), None)
         if table is None:
             continue
         arrow_type = str(schemas[table].field(key).type)
@@ -95,17 +109,15 @@ def build_definitions(spec: DatasetSpec, cfg: FeatureRepoConfig, schemas: dict[s
                                description=f"{spec.name} entity key '{key}'")
     out.update({f"entity_{k}": v for k, v in entities.items()})
     views = []
-    profile_cols = [f.name for f in spec.profile_numeric] + [c.name for c in spec.profile_categorical]
-    sources = {PROFILE_VIEW: (spec.profile_entity, profile_cols)}
-    for s in spec.sequences:
-        sources[behavior_view(s.name)] = (spec.sequence_entity(s), s.columns)
-    for table, (key, cols) in sources.items():
+    for table, (key, cols, static) in tables.items():
+        schema = schemas[table]
+        cols = [c for c in cols if c in schema.names]  # an as-of column is absent from sets built before it
         src = FileSource(name=f"{table}_source", path=f"{root}/{table}.parquet", timestamp_field=SNAPSHOT_TS,
                          s3_endpoint_override=cfg.s3_endpoint_url)
-        fields = [Field(name=c, dtype=_feast_type(schemas[table].field(c).type, table, c)) for c in cols]
+        fields = [Field(name=c, dtype=_feast_type(schema.field(c).type, table, c)) for c in cols]
         ttl = timedelta(days=float(cfg.view_ttl_days.get(table, cfg.ttl_days)))
         view = FeatureView(name=table, entities=[entities[key]], ttl=ttl, online=True, schema=fields, source=src,
-                           tags={"dataset": spec.name, "refresh": "daily" if table == PROFILE_VIEW else "hourly"})
+                           tags={"dataset": spec.name, "entity": key, STATIC_TAG: str(static).lower()})
         out[f"{table}_source"] = src
         out[table] = view
         views.append(view)

@@ -22,7 +22,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from feature_store.definitions import FeatureRepoConfig, build_definitions, load_spec, service_name
+from feature_store.definitions import (
+    STATIC_TAG,
+    FeatureRepoConfig,
+    build_definitions,
+    load_spec,
+    service_name,
+)
 from feature_store.errors import FeatureStoreError
 from longtail.data.tables import SNAPSHOT_TS
 from longtail.io import atomic_write_text
@@ -117,8 +123,10 @@ def materialize(store: Any, end: datetime | None = None, *, initial_days: float 
     """Load the newest feature values into the online store.
 
     The first run loads the window ``[end - initial_days, end]`` (the online store keeps only the
-    newest value per entity, so older snapshots are not needed for serving); later runs are
-    ``materialize_incremental`` from where the previous one ended.
+    newest value per entity, so older snapshots are not needed for serving), except for the views
+    of static profile tables (tagged ``static``: facts known at all times, stamped at the epoch),
+    which are loaded whole; later runs are ``materialize_incremental`` from where the previous one
+    ended.
 
     Args:
         store: the feature store.
@@ -133,7 +141,12 @@ def materialize(store: Any, end: datetime | None = None, *, initial_days: float 
     first = any(v.most_recent_end_time is None for v in views)
     if first:
         start = end - timedelta(days=initial_days)
-        store.materialize(start_date=start, end_date=end)
+        static = [v.name for v in views if (v.tags or {}).get(STATIC_TAG) == "true"]
+        recent = [v.name for v in views if v.name not in static]
+        if recent:
+            store.materialize(start_date=start, end_date=end, feature_views=recent)
+        if static:
+            store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end, feature_views=static)
     else:
         start = min(v.most_recent_end_time for v in views)
         store.materialize_incremental(end_date=end)
@@ -144,9 +157,8 @@ def data_end(repo: str | Path) -> datetime:
     """The newest snapshot time of the repo's tables, plus one second (a materialize end)."""
     cfg = repo_config(repo)
     spec = load_spec(cfg)
-    tables = ["profile_daily", *(f"behavior_{s.name}_hourly" for s in spec.sequences)]
     newest = max(pd.read_parquet(f"{cfg.tables}/{t}.parquet", columns=[SNAPSHOT_TS])[SNAPSHOT_TS].max()
-                 for t in tables)
+                 for t in spec.views)
     return newest.to_pydatetime() + timedelta(seconds=1)
 
 
@@ -174,7 +186,8 @@ def historical_frame(store: Any, spec: DatasetSpec, events: pd.DataFrame, servic
                                 f"'{spec.event_timestamp}' makes Feast's timestamp ambiguous; drop or rename it")
     query = entity_df.copy()
     # DuckDB (ibis) holds timestamps in microseconds and refuses to drop nanoseconds; snapshots
-    # are stamped on whole hours/days, so flooring an event time by < 1 µs changes no match
+    # are stamped on the microsecond grid (longtail.data.importer), and for a stamp S on that grid
+    # S <= t exactly when S <= floor(t, 1 µs), so flooring an event time changes no match
     query[spec.event_timestamp] = query[spec.event_timestamp].dt.floor("us")
     joined = store.get_historical_features(entity_df=query, features=service, full_feature_names=False).to_df()
     features = [c for c in joined.columns if c not in entity_df.columns]
@@ -194,6 +207,11 @@ def historical_frame(store: Any, spec: DatasetSpec, events: pd.DataFrame, servic
                 out[c] = out[c].astype(object) if out[c].dtype != part[c].dtype else out[c]
                 out.loc[idx, c] = part.loc[out.loc[idx, "_row"], c].to_numpy()
     out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    for p in spec.profile_tables:  # as-of columns: naive UTC, as the table set stores them (and list columns)
+        col = p.time_column
+        if col is not None and col in out.columns and out[col].dtype != "datetime64[ns]":
+            out[col] = pd.to_datetime(out[col], utc=True, format="ISO8601").dt.tz_localize(None).astype(
+                "datetime64[ns]")
     for s in spec.sequences:
         for col in s.columns:
             missing = out[col].map(lambda v: not isinstance(v, list | np.ndarray))

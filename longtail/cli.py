@@ -1,9 +1,11 @@
 """The `longtail` command line.
 
+    longtail data import SPEC.yaml --out DIR   (your raw files -> a table set; docs/your-data.md)
+    longtail data example ratings|flights --out DIR   (example raw files and their import spec)
     longtail data build flights   [--out data/flights] [--months 1,2]
     longtail data build synthetic [--out data/synthetic] [--scenarios 6] [--max-rows 3000] ...
     longtail data validate DIR
-    longtail train    [--config FILE] [--set key=value ...] [--data DIR] [--out DIR] [--strategy global|single]
+    longtail train    --data DIR [--config FILE] [--set key=value ...] [--out DIR] [--strategy global|single]
     longtail evaluate RUN_DIR
     longtail meta run [--strategy sinh|meh] [--recipe default|paper] [--data DIR] [--out DIR] [--set ...]
     longtail nas light --meh-out RUN [--recipe default|paper] [--registry R]
@@ -70,30 +72,106 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from longtail.data.importer import ImportSpec, import_tables
+
+    t0 = time.perf_counter()
+    spec = ImportSpec.from_yaml(args.spec)
+    out = Path(args.out or f"data/{spec.name}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=not console.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+        overall = bar.add_task("import", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage.startswith("sequence "):  # rows of one log, built in chunks
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(f"{stage} (log rows)", total=max(total, 1))
+                bar.update(tasks[stage], completed=done)
+            else:
+                bar.update(overall, description=f"import: {stage}", completed=done, total=total)
+
+        ts = import_tables(spec, out, base_dir=Path(args.spec).parent, progress=progress)
+    meta = ts.manifest["meta"]
+    t = Table(title=f"{ts.spec.name} tables in {out} ({time.perf_counter() - t0:.1f}s)")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for k, v in ts.manifest["rows"].items():
+        t.add_row(k, f"{v:,}")
+    console.print(t)
+    for where, n in meta["left_out_by_where"].items():
+        console.print(f"{where}: {n:,} row(s) left out by its `where`")
+    for rec in meta["scenario_policy"]:
+        console.print(f"[yellow]scenario {rec['scenario']}[/yellow]: {rec['rows']} row(s), {rec['positives']} "
+                      f"positive: {rec['action']} (scenarios: min_rows {ts.spec.scenario_rules.min_rows}, "
+                      f"min_per_class {ts.spec.scenario_rules.min_per_class})")
+    for name, n in meta["superseded_within_refresh"].items():
+        console.print(f"profile {name}: {n:,} row(s) superseded by a newer one within the same refresh")
+    cov = meta["coverage"]
+    n_events = meta["events"]
+    for p in ts.spec.profile_tables:
+        misses = cov[p.name]["join_misses"]
+        if misses:
+            console.print(f"profile {p.name}: {misses:,} of {n_events:,} events find no row (allowed: required: false)")
+    for s in ts.spec.sequences:
+        c = cov[s.name]
+        console.print(f"sequence {s.name}: {c['mean_steps']:.1f} steps per event on average; "
+                      f"{c['events_without_history']:,} of {n_events:,} events have none yet")
+    console.print(f"next: longtail data validate {out}")
+    return 0
+
+
+def cmd_data_example(args: argparse.Namespace) -> int:
+    from longtail.data.examples import write_example
+
+    months = tuple(int(m) for m in args.months.split(",")) if args.months else None
+    spec = write_example(args.name, args.out, months=months)
+    files = sorted(p.name for p in Path(args.out).iterdir() if not p.name.startswith("."))
+    console.print(f"wrote {', '.join(files)} to {args.out}")
+    console.print(f"next: longtail data import {spec} --out DIR")
+    return 0
+
+
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from longtail.data.tables import TableSet, point_in_time_join
+    from longtail.spec import scenario_counts
 
     ts = TableSet.load(args.dir)
     spec = ts.spec
     with console.status("joining snapshots point in time"):
         df = point_in_time_join(ts)
     problems = spec.problems(df)
+    problems += [p for p in spec.scenario_problems(df) if p.split(":")[0] not in " ".join(problems)]
     t = Table(title=f"{spec.name}: {len(df):,} events")
     t.add_column("scenario")
     t.add_column("events", justify="right")
     t.add_column("positive rate", justify="right")
     for s in spec.sequences:
         t.add_column(f"{s.name} mean steps", justify="right")
-    g = df.groupby(spec.scenario)
-    for scen, part in sorted(g, key=lambda kv: -len(kv[1])):
-        steps = [f"{part[s.column(s.field_names[0])].map(len).mean():.1f}" for s in spec.sequences]
-        t.add_row(str(scen), f"{len(part):,}", f"{part[spec.label].mean():.3f}", *steps)
+    lengths = {s.name: df[s.column(s.field_names[0])].map(len) for s in spec.sequences}
+    scen = df[spec.scenario].astype(str)
+    for name, rows, pos in scenario_counts(spec, df).itertuples(index=False):
+        mask = (scen == name).to_numpy()
+        steps = [f"{lengths[s.name][mask].mean():.1f}" for s in spec.sequences]
+        t.add_row(name, f"{rows:,}", f"{pos / rows:.3f}", *steps)
     console.print(t)
+    for p in spec.profile_tables:
+        misses = spec.join_misses(df).get(p.name)
+        what = "no as-of column (a set built before profiles had one): misses show as NaN" if misses is None else (
+            f"{misses:,} join miss(es)" + ("" if p.required or not misses else " (allowed: required: false)"))
+        console.print(f"profile {p.name} (view {p.view_name}, key {p.entity_key}): {what}")
+    for s in spec.sequences:
+        empty = int((lengths[s.name] == 0).sum())
+        console.print(f"sequence {s.name} (view {s.view_name}, key {spec.sequence_entity(s)}): {empty:,} of "
+                      f"{len(df):,} events without history")
     if problems:
         for p in problems:
-            err.print(f"[red]problem:[/red] {p}")
+            err.print(f"[red]problem:[/red] {escape(p)}", soft_wrap=True)
         return 1
-    console.print("[green]valid[/green]: every column satisfies the spec; no step at or after its event time")
+    console.print("[green]valid[/green]: every column satisfies the spec; no step or profile snapshot at or after "
+                  "its event time; every scenario meets the scenario rules")
     return 0
 
 
@@ -300,8 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"longtail {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="build and validate datasets").add_subparsers(dest="data_command", required=True)
-    b = data.add_parser("build", help="build a table set")
+    data = sub.add_parser("data", help="import, build and validate table sets").add_subparsers(dest="data_command",
+                                                                                               required=True)
+    im = data.add_parser("import", help="build a table set from your raw files (parquet/CSV) and an import spec")
+    im.add_argument("spec", help="the import spec YAML (docs/your-data.md); file paths in it are relative to it")
+    im.add_argument("--out", help="the table-set folder (default data/<name>)")
+    im.set_defaults(func=cmd_data_import)
+    ex = data.add_parser("example", help="write an example's raw files and import spec (ratings, flights)")
+    ex.add_argument("name", choices=["ratings", "flights"])
+    ex.add_argument("--out", required=True, help="folder for the raw files and the import spec")
+    ex.add_argument("--months", help="flights: only these months' flights as events, e.g. 1,2 (default all)")
+    ex.set_defaults(func=cmd_data_example)
+    b = data.add_parser("build", help="build an example table set (flights, synthetic)")
     b.add_argument("source", choices=["flights", "synthetic"])
     b.add_argument("--out", help="destination folder (default data/<source>)")
     b.add_argument("--months", help="flights: only these months, e.g. 1,2 (default all)")
@@ -316,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def train_args(t: argparse.ArgumentParser, data_default: str | None) -> None:
         config_args(t, "e.g. --set train.epochs=3 --set model.encoder=bert")
-        t.add_argument("--data", default=data_default, help="table-set folder")
+        t.add_argument("--data", default=data_default,
+                       help="table-set folder (or data.tables in --config); no default: make one with "
+                            "`longtail data import` or `longtail data build`")
         t.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
         t.add_argument("--encoder", help="shortcut for --set model.encoder=NAME (lstm, bert, ...)")
         t.add_argument("--out", help="run folder")

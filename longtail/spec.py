@@ -5,13 +5,14 @@ may know about a dataset. It round-trips through YAML and validates dataframes w
 name the column, what is wrong, and how to fix it.
 
 Example:
-    >>> spec = DatasetSpec.from_yaml("longtail/specs/flights.yaml")
+    >>> spec = TableSet.load("data/flights").spec     # or ImportSpec.from_yaml(...).dataset_spec()
     >>> spec.validate(df)           # raises SpecError naming the bad column
     >>> spec.to_yaml("spec.yaml")
 
 A prepared dataframe (one row per labelled event, the output of the point-in-time join) has:
     * the scenario column, the binary label, the event timestamp and the entity keys;
-    * one column per profile feature;
+    * one column per profile feature, and per profile table with a ``timestamp_field`` its as-of
+      column ``{profile}__{timestamp_field}`` (naive UTC; NaT when the event found no row);
     * per behavior sequence ``s`` and per step field ``f``, a list column ``s__f`` holding that
       field for each step, oldest first; the list length is the number of steps (<= max_length);
       every field of one sequence has the same length in a row.
@@ -91,6 +92,8 @@ class SequenceSpec:
             in hours; a step at or after the event time is a validation error (leakage).
         entity_key: the entity key this sequence's snapshot table is keyed by (one of the spec's
             ``entity_keys``); defaults to the first entity key.
+        view: the snapshot table's file stem and Feast feature view (default
+            ``behavior_{name}_hourly``, the name of table sets built before views were named).
     """
 
     name: str
@@ -100,9 +103,14 @@ class SequenceSpec:
     padding: Literal["left", "right"] = "left"
     timestamp_field: str | None = None
     entity_key: str | None = None
+    view: str | None = None
 
     def column(self, field_name: str) -> str:
         return f"{self.name}{SEQ_SEP}{field_name}"
+
+    @property
+    def view_name(self) -> str:
+        return self.view or f"behavior_{self.name}_hourly"
 
     @property
     def field_names(self) -> list[str]:
@@ -117,6 +125,72 @@ class SequenceSpec:
 
 
 @dataclass(frozen=True)
+class ProfileSpec:
+    """A profile table: snapshots of slowly changing attributes of one entity.
+
+    Args:
+        name: the table's name (letters, digits, ``_``); its joined as-of column is
+            ``{name}__{timestamp_field}``.
+        entity_key: the entity key the table is keyed by (one of the spec's ``entity_keys``).
+        features: the names of the profile features (of ``profile_numeric`` / ``profile_categorical``)
+            this table holds.
+        view: the table's file stem and Feast feature view (default ``profile_{name}``).
+        timestamp_field: when set, the table holds a column ``{name}__{timestamp_field}`` with the
+            time its values were known (naive UTC datetimes, as in list columns); the join carries it
+            into each event's row, where a value at or after the event time is a leakage error and a
+            missing one (no row found) is a join miss.
+        required: every event must find a row of this table known before its event time (a join
+            miss is an error); when False, misses are allowed (counted by validation) and the
+            table's numeric features must be nullable.
+        static: the rows hold facts known at all times (a catalog); the online store then loads
+            every row, not only the recent ones.
+    """
+
+    name: str
+    entity_key: str
+    features: tuple[str, ...] = ()
+    view: str | None = None
+    timestamp_field: str | None = None
+    required: bool = True
+    static: bool = False
+
+    def column(self, field_name: str) -> str:
+        return f"{self.name}{SEQ_SEP}{field_name}"
+
+    @property
+    def view_name(self) -> str:
+        return self.view or f"profile_{self.name}"
+
+    @property
+    def time_column(self) -> str | None:
+        """The joined as-of column (``{name}__{timestamp_field}``), or None."""
+        return self.column(self.timestamp_field) if self.timestamp_field else None
+
+
+@dataclass(frozen=True)
+class ScenarioRules:
+    """Scenario hygiene: the least data a scenario needs to be trained and evaluated.
+
+    Args:
+        min_rows: a scenario with fewer events is too small.
+        min_per_class: a scenario with fewer events of either label class is too small (1 = both
+            classes must be present).
+        policy: what `longtail data import` does with a too-small scenario: ``drop`` its events, or
+            ``merge`` them into the scenario ``merge_into`` (dropped in turn if still too small).
+            Either is reported; `DatasetSpec.scenario_problems` names every scenario below the rules.
+        merge_into: the bucket scenario of ``policy: merge`` (a name no real scenario has).
+    """
+
+    min_rows: int = 0
+    min_per_class: int = 1
+    policy: Literal["drop", "merge"] = "drop"
+    merge_into: str = ""
+
+
+LEGACY_PROFILE_VIEW = "profile_daily"
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A long-tail dataset: scenarios, a binary label, profile features and behavior sequences.
 
@@ -125,9 +199,13 @@ class DatasetSpec:
         scenario: the column naming each row's scenario (one model per value).
         label: binary label column (0/1 or bool).
         event_timestamp: the prediction time of each row (tz-aware UTC).
-        entity_keys: join keys of the feature tables (the profile entity first).
-        profile_numeric / profile_categorical: the profile features.
+        entity_keys: join keys of the feature tables; a request to the service names every one.
+        profile_numeric / profile_categorical: the profile features (the models' inputs, in order).
         sequences: one or more behavior sequences.
+        profiles: the profile tables and the features each holds, each keyed by its own entity key.
+            Empty: one table ``profile_daily`` keyed by the first entity key holds every profile
+            feature (the layout of table sets built before profile tables were named).
+        scenario_rules: the least data a scenario needs (see `ScenarioRules`).
     """
 
     name: str
@@ -139,6 +217,8 @@ class DatasetSpec:
     profile_categorical: tuple[CategoricalFeature, ...] = ()
     sequences: tuple[SequenceSpec, ...] = ()
     description: str = ""
+    profiles: tuple[ProfileSpec, ...] = ()
+    scenario_rules: ScenarioRules = ScenarioRules()
 
     def __post_init__(self) -> None:
         self._check_self()
@@ -174,6 +254,58 @@ class DatasetSpec:
                     f"categorical '{c.name}': oov_bucket is false but no vocabulary is declared; "
                     "declare the vocabulary or set oov_bucket: true"
                 )
+        self._check_tables()
+        r = self.scenario_rules
+        if r.min_rows < 0 or r.min_per_class < 0:
+            raise SpecError(f"spec '{self.name}': scenario_rules.min_rows and min_per_class must be >= 0")
+        if r.policy not in ("drop", "merge"):
+            raise SpecError(f"spec '{self.name}': scenario_rules.policy '{r.policy}' is not one of drop, merge")
+        if r.policy == "merge" and not r.merge_into:
+            raise SpecError(f"spec '{self.name}': scenario_rules.policy is merge but merge_into is empty; name the "
+                            "bucket scenario (e.g. merge_into: other)")
+
+    def _check_tables(self) -> None:
+        """Profile tables and views: every profile feature in exactly one table, names usable as files."""
+        features = [f.name for f in self.profile_numeric] + [c.name for c in self.profile_categorical]
+        numeric = {f.name: f for f in self.profile_numeric}
+        closed = {c.name for c in self.profile_categorical if not c.oov_bucket}
+        owner: dict[str, str] = {}
+        for p in self.profile_tables:
+            where = f"spec '{self.name}': profile '{p.name}'"
+            if p.entity_key not in self.entity_keys:
+                raise SpecError(f"{where}: entity_key '{p.entity_key}' is not one of entity_keys "
+                                f"{list(self.entity_keys)}; add it there")
+            for f in p.features:
+                if f not in features:
+                    raise SpecError(f"{where}: feature '{f}' is not declared in profile_numeric or profile_categorical")
+                if f in owner:
+                    raise SpecError(f"{where}: feature '{f}' is already in profile '{owner[f]}'; a feature lives in "
+                                    "one table (rename one of them)")
+                owner[f] = p.name
+                if not p.required and f in numeric and not numeric[f].nullable:
+                    raise SpecError(f"{where}: required is false, so an event may find no row, but its numeric "
+                                    f"feature '{f}' is not nullable; set nullable: true or required: true")
+                if not p.required and f in closed:
+                    raise SpecError(f"{where}: required is false, so an event may find no row, but its categorical "
+                                    f"feature '{f}' has oov_bucket: false; set oov_bucket: true or required: true")
+        orphans = [f for f in features if f not in owner]
+        if orphans:
+            raise SpecError(f"spec '{self.name}': profile feature(s) {orphans} are in no profile table; list them "
+                            "under a profile's features")
+        names = [p.name for p in self.profiles] + [s.name for s in self.sequences]
+        views = [p.view_name for p in self.profile_tables] + [s.view_name for s in self.sequences]
+        for kind, values in (("table name", names), ("view", views)):
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise SpecError(f"spec '{self.name}': {kind}(s) {dup} used twice (profiles and sequences share "
+                                "one namespace); rename one")
+        for v in views:
+            if not v.replace("_", "").isalnum() or v == "events":
+                raise SpecError(f"spec '{self.name}': view '{v}' must be letters, digits and '_' (and not "
+                                "'events'); it names a parquet file and a Feast feature view")
+        for p in self.profiles:
+            if SEQ_SEP in p.name:
+                raise SpecError(f"profile '{p.name}': names may not contain '{SEQ_SEP}'")
 
     @property
     def all_categoricals(self) -> list[CategoricalFeature]:
@@ -196,9 +328,33 @@ class DatasetSpec:
         return self.key_columns + [c for c in self.feature_columns if c not in self.key_columns]
 
     @property
+    def profile_tables(self) -> tuple[ProfileSpec, ...]:
+        """The profile tables: ``profiles``, or the one legacy table ``profile_daily``."""
+        if self.profiles:
+            return self.profiles
+        features = tuple(f.name for f in self.profile_numeric) + tuple(c.name for c in self.profile_categorical)
+        if not features:
+            return ()
+        return (ProfileSpec(name="profile", entity_key=self.entity_keys[0], features=features,
+                            view=LEGACY_PROFILE_VIEW),)
+
+    def profile(self, name: str) -> ProfileSpec:
+        for p in self.profile_tables:
+            if p.name == name or p.view_name == name:
+                return p
+        raise SpecError(f"no profile table named '{name}' in spec '{self.name}'; have "
+                        f"{[p.name for p in self.profile_tables]}")
+
+    @property
     def profile_entity(self) -> str:
-        """The entity key of the profile snapshot table (the first entity key)."""
-        return self.entity_keys[0]
+        """The entity key of the first profile table (the first entity key when there is none)."""
+        tables = self.profile_tables
+        return tables[0].entity_key if tables else self.entity_keys[0]
+
+    @property
+    def views(self) -> list[str]:
+        """Every snapshot table's view name: the profile tables', then the sequences'."""
+        return [p.view_name for p in self.profile_tables] + [s.view_name for s in self.sequences]
 
     def sequence_entity(self, s: SequenceSpec) -> str:
         return s.entity_key or self.entity_keys[0]
@@ -277,10 +433,19 @@ class DatasetSpec:
             out.append(f"column '{self.scenario}': {int(df[self.scenario].isna().sum())} row(s) without a scenario")
         if require_label:
             out += self._label_problems(df, check_scenarios)
+        matched: dict[str, np.ndarray] = {}  # profile feature -> rows whose table had a row for the event
+        for p in self.profile_tables:
+            col = p.time_column
+            if col is not None and col in df.columns:
+                out += self._profile_time_problems(df, p, col)
+                found = df[col].notna().to_numpy()
+                matched.update({f: found for f in p.features})
         for f in self.profile_numeric:
-            out += _numeric_problems(df[f.name], f, f.name)
+            values = df[f.name] if f.name not in matched else df[f.name][matched[f.name]]
+            out += _numeric_problems(values, f, f.name)
         for c in self.profile_categorical:
-            out += _categorical_problems(df[c.name], c, c.name)
+            values = df[c.name] if c.name not in matched else df[c.name][matched[c.name]]
+            out += _categorical_problems(values, c, c.name)
         for s in self.sequences:
             out += self._sequence_problems(df, s)
         return out
@@ -306,6 +471,56 @@ class DatasetSpec:
                     f"column '{self.label}': scenario '{scen}' (column '{self.scenario}') has a single label class; "
                     "a model cannot be trained or evaluated on it: collect both classes or drop the scenario"
                 )
+        return out
+
+    def _profile_time_problems(self, df: pd.DataFrame, p: ProfileSpec, col: str) -> list[str]:
+        """Join misses and leakage of one profile table, from its joined as-of column."""
+        where = f"profile '{p.name}' (view {p.view_name}, key '{p.entity_key}', column '{col}')"
+        known = df[col]
+        if not (isinstance(known.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(known.dtype)):
+            return [f"{where}: the as-of column must hold UTC datetimes, got {known.dtype}"]
+        out: list[str] = []
+        miss = known.isna().to_numpy()
+        if miss.any() and p.required:
+            first = df[miss].iloc[0]
+            out.append(
+                f"{where}: {int(miss.sum())} of {len(df)} event(s) found no row known before their event time "
+                f"(a join miss, not a NaN value), e.g. {p.entity_key}={_plain(first[p.entity_key])!r} at "
+                f"{first[self.event_timestamp]}; add those rows, make the key's values and type match the events', "
+                "or check the table's time column; set required: false for the profile to allow misses")
+        ok = ~miss
+        if ok.any():
+            known_at = _utc_naive(pd.to_datetime(known[ok], utc=True))
+            event = _utc_naive(pd.to_datetime(df[self.event_timestamp][ok], utc=True))
+            leaked = known_at >= event
+            if leaked.any():
+                rows = df[ok][leaked]
+                first = rows.iloc[0]
+                out.append(
+                    f"{where}: {int(leaked.sum())} event(s) got a snapshot known at or after their "
+                    f"'{self.event_timestamp}' (leakage), e.g. row {rows.index[0]} ({p.entity_key}="
+                    f"{_plain(first[p.entity_key])!r}, known {first[col]}, event {first[self.event_timestamp]}); a profile "
+                    "snapshot may only hold what was known strictly before the prediction time: stamp it later")
+        return out
+
+    def join_misses(self, df: pd.DataFrame) -> dict[str, int]:
+        """Per profile table (by name) with an as-of column in ``df``: the events that found no row."""
+        return {p.name: int(df[p.time_column].isna().sum()) for p in self.profile_tables
+                if p.time_column is not None and p.time_column in df.columns}
+
+    def scenario_problems(self, df: pd.DataFrame) -> list[str]:
+        """The scenarios of ``df`` below ``scenario_rules`` (rows, rows of each label class), one sentence each."""
+        r = self.scenario_rules
+        if self.label not in df.columns or (r.min_rows <= 0 and r.min_per_class <= 0):
+            return []
+        out = []
+        for scen, n, pos in scenario_counts(self, df).itertuples(index=False):
+            neg = n - pos
+            if n < r.min_rows or min(pos, neg) < r.min_per_class:
+                out.append(
+                    f"scenario '{scen}' (column '{self.scenario}'): {n} row(s), {pos} positive, {neg} negative; below "
+                    f"scenario_rules (min_rows {r.min_rows}, min_per_class {r.min_per_class}): too small to train and "
+                    "evaluate. `longtail data import` applies the rules' policy (drop or merge); or lower the rules")
         return out
 
     def _sequence_problems(self, df: pd.DataFrame, s: SequenceSpec) -> list[str]:
@@ -365,6 +580,23 @@ class DatasetSpec:
         return []
 
 
+def scenario_counts(spec: DatasetSpec, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows and positives per scenario: columns ``scenario, rows, positives``, largest first."""
+    y = pd.to_numeric(df[spec.label], errors="coerce").fillna(0).astype("int64")
+    g = y.groupby(df[spec.scenario].astype(str), observed=True)
+    out = pd.DataFrame({"rows": g.size(), "positives": g.sum()}).rename_axis("scenario").reset_index()
+    return out.sort_values(["rows", "scenario"], ascending=[False, True]).reset_index(drop=True)
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages: 2, not np.int64(2))."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _utc_naive(ts: pd.Series) -> np.ndarray:
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
+
+
 def flatten_steps(col: pd.Series) -> np.ndarray:
     """All steps of a sequence list column, row after row, keeping the native dtype where there is one."""
     parts = [v for v in col if len(v)]
@@ -420,7 +652,9 @@ _NESTED = {
     "sequences": SequenceSpec,
     "numeric": NumericFeature,
     "categorical": CategoricalFeature,
+    "profiles": ProfileSpec,
 }
+_MAPPINGS = {"scenario_rules": ScenarioRules}
 
 
 def _build(cls: type, d: Any, where: str) -> Any:
@@ -436,7 +670,9 @@ def _build(cls: type, d: Any, where: str) -> Any:
             if not isinstance(v, list):
                 raise SpecError(f"{where}.{k}: expected a list, got {type(v).__name__}")
             kwargs[k] = tuple(_build(_NESTED[k], item, f"{where}.{k}[{i}]") for i, item in enumerate(v))
-        elif k in ("entity_keys", "vocabulary"):
+        elif k in _MAPPINGS:
+            kwargs[k] = _build(_MAPPINGS[k], v, f"{where}.{k}")
+        elif k in ("entity_keys", "vocabulary", "features"):
             if not isinstance(v, list | tuple):
                 raise SpecError(f"{where}.{k}: expected a list, got {type(v).__name__}")
             kwargs[k] = tuple(str(x) for x in v)
@@ -450,8 +686,11 @@ def _build(cls: type, d: Any, where: str) -> Any:
             raise SpecError(f"{where}.normalization: '{v}' is not one of standard, log_standard, minmax, none")
         if k == "padding" and v not in ("left", "right"):
             raise SpecError(f"{where}.padding: '{v}' is not one of left, right")
-        if k in ("max_length", "max_size", "min_count") and (not isinstance(v, int) or isinstance(v, bool)):
+        if k in ("max_length", "max_size", "min_count", "min_rows", "min_per_class") and (
+                not isinstance(v, int) or isinstance(v, bool)):
             raise SpecError(f"{where}.{k}: expected an integer, got {v!r}")
+        if k in ("nullable", "oov_bucket", "required", "static") and not isinstance(v, bool):
+            raise SpecError(f"{where}.{k}: expected true or false, got {v!r}")
     return cls(**kwargs)
 
 
@@ -459,6 +698,8 @@ __all__ = [
     "CategoricalFeature",
     "DatasetSpec",
     "NumericFeature",
+    "ProfileSpec",
+    "ScenarioRules",
     "SequenceSpec",
     "SpecError",
     "SEQ_SEP",

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from longtail.config import config_to_dict, save_config
-from longtail.data.prepared import DataConfig, PreparedData, prepare
+from longtail.data.prepared import DataConfig, PreparedData, load_tables, prepare
 from longtail.data.splits import TEST, TRAIN, VALID, save_splits
 from longtail.data.transforms import FittedTransforms
 from longtail.io import atomic_path, atomic_write_json, safe_name
@@ -126,6 +126,7 @@ def run_train(cfg: TrainJobConfig, out: str | Path, *, show_progress: bool = Fal
         The metrics written to ``metrics.json`` (overall and per scenario).
     """
     out = Path(out)
+    load_tables(cfg.data)  # a missing table set fails here, before the run folder exists
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()

@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from longtail.config import ConfigError
 from longtail.online.config import ENV_CONFIG, ENV_SET, absolute_overrides, load_serving_config
 from longtail.online.errors import ServingError
-from serving.launch import SERVICE, WORKING_DIR
+from serving.launch import bentoml_command, bentoml_env
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ServingError)
 
@@ -34,17 +32,23 @@ def _serving_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve_http(args: argparse.Namespace) -> int:
-    """Run the BentoML service (HTTP, plus gRPC when ``grpc_port`` is set) in the foreground."""
+    """Run the BentoML service (HTTP, plus gRPC when ``grpc_port`` is set) in the foreground.
+
+    This process becomes ``bentoml serve`` (exec), so a signal to it, or to its process group, reaches
+    BentoML's arbiter itself; the workers die with the arbiter (see `serving.launch.die_with_parent`).
+    """
     sets = _serving_overrides(args)
     cfg = load_serving_config(args.config, sets)  # fail fast, with the key named, before starting anything
     env = {**os.environ, ENV_SET: ";".join(sets)}
     if args.config:
         env[ENV_CONFIG] = str(Path(args.config).resolve())
-    print(f"serving the registry {cfg.registry} on http://{args.host}:{args.port}"
+    env = bentoml_env(cfg, env)
+    workers = cfg.workers or "one per core"
+    print(f"serving the registry {cfg.registry} on http://{args.host}:{args.port} ({workers} workers)"
           + (f" and gRPC {cfg.grpc_host}:{cfg.grpc_port}" if cfg.grpc_port else ""), flush=True)
-    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--working-dir", str(WORKING_DIR),
-           "--host", args.host, "--port", str(args.port)]
-    return subprocess.call(cmd, env=env)
+    cmd = bentoml_command(args.host, args.port)
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
 
 
 def cmd_serve_grpc(args: argparse.Namespace) -> int:

@@ -47,8 +47,12 @@ class FeastFeatureSource:
     def lookup(self, spec: DatasetSpec, entity: Mapping[str, Any], event_time: pd.Timestamp) -> dict[str, Any]:
         """The feature columns of ``spec`` for one entity (see :class:`longtail.online.FeatureSource`).
 
+        Every profile table of the spec is read with its own entity key (``spec.profile_tables``), so
+        ``entity`` must hold every key of ``spec.entity_keys`` (`longtail.online.check_entity`).
+
         Raises:
-            RequestError: the online store holds no profile row for the entity.
+            RequestError: the online store holds no row of a required profile table for its key
+                (the field names that key).
         """
         try:
             resp = self.store.get_online_features(features=self._service(spec.name), entity_rows=[dict(entity)])
@@ -62,10 +66,13 @@ class FeastFeatureSource:
             out[f.name] = float("nan") if v is None else v
         for c in spec.profile_categorical:
             out[c.name] = _first(rows, c.name)
-        if all(_missing(out[c]) for c in out):
-            key = spec.profile_entity
-            raise RequestError(f"'entity.{key}': {entity.get(key)!r} has no features in the online store "
-                               "(unknown entity, or not materialized yet)", field=f"entity.{key}")
+        for p in spec.profile_tables:
+            # a row of the table is there when any of its columns is (its as-of time, when it has one)
+            cols = [p.time_column] if p.time_column and p.time_column in rows else list(p.features)
+            if p.required and all(_missing(rows[c][0] if c in rows else out.get(c)) for c in cols):
+                key = p.entity_key
+                raise RequestError(f"'entity.{key}': {entity.get(key)!r} has no row of profile '{p.name}' in the "
+                                   "online store (unknown entity, or not materialized yet)", field=f"entity.{key}")
         for s in spec.sequences:
             for col in s.columns:
                 v = _first(rows, col)

@@ -14,11 +14,19 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from longtail.online import NotReadyError, Predictor, PredictRequest, ServingError, UnknownScenarioError
+from longtail.online import (
+    ModelUnavailableError,
+    NotReadyError,
+    Predictor,
+    PredictRequest,
+    ServingError,
+    UnknownScenarioError,
+)
 from serving import longtail_serving_pb2 as pb
 from serving import longtail_serving_pb2_grpc as pb_grpc
 
-_CODES = {NotReadyError: grpc.StatusCode.UNAVAILABLE, UnknownScenarioError: grpc.StatusCode.NOT_FOUND}
+_CODES = {NotReadyError: grpc.StatusCode.UNAVAILABLE, ModelUnavailableError: grpc.StatusCode.UNAVAILABLE,
+          UnknownScenarioError: grpc.StatusCode.NOT_FOUND}
 
 
 def _ints(v: Any) -> Any:
@@ -52,6 +60,14 @@ def to_response(d: dict[str, Any]) -> pb.PredictResponse:
     return out
 
 
+def _item(result: Any) -> pb.PredictResponse:
+    """One item of a batch: its prediction, or (alone) the error that refused it."""
+    if isinstance(result, ServingError):
+        return pb.PredictResponse(error=pb.ItemError(error=type(result).__name__, field=result.field,
+                                                     message=str(result), status=result.status))
+    return to_response(result.to_dict())
+
+
 class PredictorServicer(pb_grpc.PredictorServicer):
     """Maps the predictor's errors to gRPC status codes (INVALID_ARGUMENT names the field)."""
 
@@ -70,10 +86,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
 
     def PredictBatch(self, request, context):  # noqa: N802
         try:
-            preds = self.predictor.predict_many([to_request(r) for r in request.requests])
-        except ServingError as e:
+            results = self.predictor.predict_many([to_request(r) for r in request.requests])
+        except ServingError as e:  # the call itself is invalid (empty, too long) or the service is starting
             self._abort(context, e)
-        return pb.PredictBatchResponse(predictions=[to_response(p.to_dict()) for p in preds])
+        return pb.PredictBatchResponse(predictions=[_item(r) for r in results])
 
 
 def serve_grpc(predictor: Predictor, host: str, port: int, max_workers: int = 32) -> grpc.Server:

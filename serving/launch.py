@@ -1,11 +1,13 @@
 """Start the serving service as a child process on loopback (tests, the benchmark, ``longtail serve``).
 
-The service is the BentoML app in ``serving/``; this module only runs ``bentoml serve`` with a
-serving config in the environment and waits for ``/readyz``. It never imports bentoml.
+The service is the BentoML app in ``serving/``; this module only builds the ``bentoml serve`` command
+and its environment (the serving config, the worker count), runs it and waits for ``/readyz``. It
+never imports bentoml.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -17,10 +19,45 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longtail.online.config import ENV_SET, absolute_overrides
+from longtail.online.config import ENV_SET, ServingConfig, absolute_overrides
 
 SERVICE = "serving.service:LongtailServing"  # the BentoML service, as `bentoml serve` names it
+SERVICE_NAME = "longtail_serving"  # its name in BentoML's configuration
 WORKING_DIR = Path(__file__).resolve().parents[1]  # the folder that holds the `serving` package
+_PR_SET_PDEATHSIG = 1
+
+
+def bentoml_command(host: str, port: int) -> list[str]:
+    """The ``bentoml serve`` command line of the service."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--working-dir", str(WORKING_DIR),
+            "--host", host, "--port", str(port)]
+
+
+def bentoml_env(config: ServingConfig, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the worker count of ``config`` for BentoML (``workers: 0`` keeps one per core)."""
+    env = dict(env)
+    if config.workers > 0:
+        option = f"services.{SERVICE_NAME}.workers={config.workers}"
+        env["BENTOML_CONFIG_OPTIONS"] = " ".join(x for x in (env.get("BENTOML_CONFIG_OPTIONS", ""), option) if x)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    return env
+
+
+def die_with_parent() -> None:
+    """Make this process die (SIGKILL) when its parent does (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere).
+
+    BentoML's arbiter starts each worker in a session of its own, so killing the serving command's
+    process group used to leave the workers running, holding the port. A worker calls this first.
+    """
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,11 +72,11 @@ class ServiceProcess:
     """A running service; use as a context manager (always stopped on exit).
 
     Args:
-        overrides: serving config ``key=value`` overrides (e.g. ``registry=/tmp/r``).
+        overrides: serving config ``key=value`` overrides (e.g. ``registry=/tmp/r``, ``workers=2``).
         host: bind address (loopback by default).
         port: HTTP port (default: a free one).
         grpc_port: gRPC port (default: a free one; 0 disables gRPC).
-        log_path: where the child's output goes (default: a file beside nothing, discarded).
+        log_path: where the child's output goes (default: discarded).
     """
 
     overrides: list[str] = field(default_factory=list)
@@ -67,12 +104,13 @@ class ServiceProcess:
         if self.grpc_port is None:
             self.grpc_port = free_port(self.host)
         sets = [*absolute_overrides(self.overrides), f"grpc_port={self.grpc_port}", f"grpc_host={self.host}"]
-        env = {**os.environ, ENV_SET: ";".join(sets), "BENTOML_DO_NOT_TRACK": "true"}
+        from longtail.online.config import load_serving_config
+
+        config = load_serving_config(None, sets)  # a bad key fails here, named, before anything starts
+        env = bentoml_env(config, {**os.environ, ENV_SET: ";".join(sets)})
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", SERVICE, "--working-dir",
-             str(WORKING_DIR), "--host", self.host, "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(bentoml_command(self.host, self.port), env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -82,6 +120,19 @@ class ServiceProcess:
             time.sleep(0.25)
         self.stop()
         raise RuntimeError(f"the service was not ready after {timeout:.0f}s; {self._tail()}")
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the command and its workers (for CPU and memory figures)."""
+        if self.proc is None:
+            return []
+        import psutil
+
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent.pid, *(c.pid for c in parent.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
 
     def readyz(self) -> int | None:
         """The HTTP status of ``/readyz`` (None when nothing answers)."""

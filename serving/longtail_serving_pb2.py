@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eserving/longtail_serving.proto\x12\x13longtail.serving.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa8\x01\n\x0ePredictRequest\x12\x10\n\x08scenario\x18\x01 \x01(\t\x12\'\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x65vent_timestamp\x18\x04 \x01(\t\x12\x17\n\x0freturn_features\x18\x05 \x01(\x08\"\xc7\x01\n\x0fPredictResponse\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x10\n\x08scenario\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x12\n\nmodel_kind\x18\x05 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\x08\x12\x11\n\tserved_by\x18\x07 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x13PredictBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.longtail.serving.v1.PredictRequest\"Q\n\x14PredictBatchResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.longtail.serving.v1.PredictResponse2\xc6\x01\n\tPredictor\x12T\n\x07Predict\x12#.longtail.serving.v1.PredictRequest\x1a$.longtail.serving.v1.PredictResponse\x12\x63\n\x0cPredictBatch\x12(.longtail.serving.v1.PredictBatchRequest\x1a).longtail.serving.v1.PredictBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eserving/longtail_serving.proto\x12\x13longtail.serving.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa8\x01\n\x0ePredictRequest\x12\x10\n\x08scenario\x18\x01 \x01(\t\x12\'\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x65vent_timestamp\x18\x04 \x01(\t\x12\x17\n\x0freturn_features\x18\x05 \x01(\x08\"\xf6\x01\n\x0fPredictResponse\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x10\n\x08scenario\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x12\n\nmodel_kind\x18\x05 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\x08\x12\x11\n\tserved_by\x18\x07 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x05\x65rror\x18\t \x01(\x0b\x32\x1e.longtail.serving.v1.ItemError\"J\n\tItemError\x12\r\n\x05\x65rror\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\x05\"L\n\x13PredictBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.longtail.serving.v1.PredictRequest\"Q\n\x14PredictBatchResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.longtail.serving.v1.PredictResponse2\xc6\x01\n\tPredictor\x12T\n\x07Predict\x12#.longtail.serving.v1.PredictRequest\x1a$.longtail.serving.v1.PredictResponse\x12\x63\n\x0cPredictBatch\x12(.longtail.serving.v1.PredictBatchRequest\x1a).longtail.serving.v1.PredictBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST']._serialized_start=86
   _globals['_PREDICTREQUEST']._serialized_end=254
   _globals['_PREDICTRESPONSE']._serialized_start=257
-  _globals['_PREDICTRESPONSE']._serialized_end=456
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=458
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=534
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=536
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=617
-  _globals['_PREDICTOR']._serialized_start=620
-  _globals['_PREDICTOR']._serialized_end=818
+  _globals['_PREDICTRESPONSE']._serialized_end=503
+  _globals['_ITEMERROR']._serialized_start=505
+  _globals['_ITEMERROR']._serialized_end=579
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=581
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=657
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=659
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=740
+  _globals['_PREDICTOR']._serialized_start=743
+  _globals['_PREDICTOR']._serialized_end=941
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,8 @@ class PredictorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PredictBatch(self, request, context):
-        """A client's batch: one forward pass per model; an invalid item fails the call naming requests[i].field.
+        """A client's batch: one forward pass per model; an invalid item fails alone (its response carries the
+        error naming requests[i].field); an invalid call (empty, too long) fails as a whole.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

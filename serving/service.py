@@ -1,31 +1,34 @@
 """The BentoML service: every scenario's promoted model over HTTP (and gRPC on a second port).
 
-A thin wrapper: requests become :class:`longtail.online.PredictRequest` and go to one shared
-:class:`longtail.online.Predictor` (registry pointers, hot reload, adaptive batching); errors
-become 4xx JSON bodies that name the field. Configuration: ``$LONGTAIL_SERVING_CONFIG`` (YAML) and
-``$LONGTAIL_SERVING_SET`` (``key=value;...``), see :class:`longtail.online.ServingConfig`.
+A thin wrapper: requests become :class:`longtail.online.PredictRequest` and go to the worker's
+:class:`longtail.online.Predictor` (serving index, lazy loading, hot reload, batching); errors
+become 4xx/5xx JSON bodies that name the field. The APIs are ``async``: a request is validated and
+encoded in the event loop and awaits its forward pass, so concurrent requests never queue behind
+one another. One worker process per CPU core by default (``workers`` in the serving config, applied
+by ``longtail serve http``); every worker dies with the serving command. Configuration:
+``$LONGTAIL_SERVING_CONFIG`` (YAML) and ``$LONGTAIL_SERVING_SET`` (``key=value;...``), see
+:class:`longtail.online.ServingConfig`.
 
-Run: ``bentoml serve service:LongtailServing --working-dir serving`` (or ``longtail serve http``).
+Run: ``longtail serve http`` (or ``bentoml serve serving.service:LongtailServing``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from typing import Any
 
 import bentoml
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
-from longtail.online import (
-    Predictor,
-    PredictRequest,
-    ServingError,
-    load_serving_config,
-)
-from serving.feast_source import feature_source
-from serving.grpc_front import serve_grpc
+# light imports only: BentoML's arbiter process imports this module too, and needs no torch; the predictor
+# (torch, ONNX Runtime), the feature source and the gRPC front are imported by each worker's __init__
+from longtail.online.config import load_serving_config
+from longtail.online.errors import ServingError
+from serving.launch import die_with_parent
 
 log = logging.getLogger("longtail.online")
 
@@ -44,6 +47,9 @@ BATCH = bentoml.metrics.Histogram(
 RELOADS = bentoml.metrics.Counter(
     name="longtail_model_reloads_total", documentation="Model version changes picked up without a restart",
     labelnames=["outcome"])
+LOADS = bentoml.metrics.Histogram(
+    name="longtail_model_load_seconds", documentation="Time to load a model version (download, verify, compile)",
+    labelnames=["forward"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 
 
 SCENARIO_FIELD = Field(min_length=1, max_length=256, description="the scenario, e.g. a carrier")
@@ -61,25 +67,42 @@ class PredictItem(BaseModel):
     return_features: bool = Field(default=False, description="echo the scored feature values")
 
 
-def _request(item: PredictItem) -> PredictRequest:
+def _request(item: PredictItem) -> Any:
+    from longtail.online.predictor import PredictRequest
+
     return PredictRequest(scenario=item.scenario, entity=item.entity, features=item.features,
                           event_timestamp=item.event_timestamp, return_features=item.return_features)
 
 
-def _refused(e: ServingError) -> JSONResponse:
+def _refused(e: ServingError, path: str) -> JSONResponse:
+    log.warning("%d %s on %s: %s", e.status, type(e).__name__, path, e)
     return JSONResponse(e.to_dict(), status_code=e.status)
+
+
+def _item(result: Any) -> dict[str, Any]:
+    """One entry of a ``/predict_batch`` answer: a prediction, or the error of that item alone."""
+    if isinstance(result, ServingError):
+        return {**result.to_dict(), "status": result.status}
+    return result.to_dict()
 
 
 def _observe():
     """Predictor events -> Prometheus metrics (scenario labels only for served scenarios: bounded)."""
+    children: dict[tuple, tuple[Any, Any]] = {}  # labelled series, looked up once per (scenario, version)
 
     def observer(event: str, data: dict[str, Any]) -> None:
         if event == "prediction":
-            scenario = data["scenario"] if not data["fallback"] else "_fallback"
-            PREDICTIONS.labels(scenario=scenario, model_name=data["model_name"],
-                               model_version=str(data["model_version"]),
-                               served_by="fallback" if data["fallback"] else "scenario").inc()
-            LATENCY.labels(scenario=scenario).observe(data["seconds"])
+            scenario = data["scenario"] if not data["fallback"] else "_fallback"  # unknown names: one series
+            key = (scenario, data["model_name"], data["model_version"])
+            series = children.get(key)
+            if series is None:
+                series = children[key] = (
+                    PREDICTIONS.labels(scenario=scenario, model_name=data["model_name"],
+                                       model_version=str(data["model_version"]),
+                                       served_by="fallback" if data["fallback"] else "scenario"),
+                    LATENCY.labels(scenario=scenario))
+            series[0].inc()
+            series[1].observe(data["seconds"])
         elif event == "batch":
             BATCH.observe(data["size"])
         elif event == "error":
@@ -88,28 +111,88 @@ def _observe():
             RELOADS.labels(outcome="changed").inc()
         elif event == "reload_error":
             RELOADS.labels(outcome="failed").inc()
+        elif event == "load":
+            LOADS.labels(forward=data["forward"]).observe(data["seconds"])
 
     return observer
 
 
-@bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers=1)
+class OneLineClientErrors(logging.Filter):
+    """BentoML logs a request its input model rejects (bad JSON, a wrong type: a 400) with the whole traceback;
+    a client's mistake is one warning line here, naming what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not (type(exc).__name__ == "ValidationError" or 400 <= _status(exc) < 500):
+            return True
+        if hasattr(exc, "errors"):
+            first = exc.errors(include_url=False)[0] if exc.error_count() else {}
+            where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+            what = f"{exc.error_count()} validation error(s); first: {where}: {first.get('msg', '')}"
+        else:
+            what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        status = 400 if type(exc).__name__ == "ValidationError" else _status(exc)
+        record.msg, record.args = "%d on %s", (status, f"{record.args[0] if record.args else '?'}: {what}")
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _status(exc: BaseException) -> int:
+    code = getattr(exc, "error_code", None)
+    return int(getattr(code, "value", code) or 500) if code is not None else 500
+
+
+class ReadyzBody:
+    """``/readyz`` with a JSON body: 200 once the worker's models can answer, with the degraded scenarios
+    (a promoted version that failed to load) listed; 503 before. The liveness routes are BentoML's."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path") != "/readyz":
+            await self.app(scope, receive, send)
+            return
+        try:
+            health = bentoml.get_current_service().predictor.health()
+        except Exception:  # the service instance is not built yet
+            health = {"ready": False, "degraded": {}}
+        body = json.dumps(health).encode()
+        await send({"type": "http.response.start", "status": 200 if health["ready"] else 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count")
 class LongtailServing:
     """Serves the promoted model of every scenario (light models in production)."""
 
     def __init__(self) -> None:
+        die_with_parent()
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(OneLineClientErrors())
+        from longtail.online.predictor import Predictor, PredictRequest
+        from serving.feast_source import feature_source
+
+        self.request = PredictRequest
         self.config = load_serving_config()
         self.predictor = Predictor(self.config, source=feature_source(self.config), observer=_observe())
         self.grpc_server = None
-        # models load in the background: /readyz answers 503 until they are in (liveness stays green)
+        # the index and the fallback load in the background: /readyz answers 503 until then (liveness stays green)
         threading.Thread(target=self._start, name="longtail-start", daemon=True).start()
 
     def _start(self) -> None:
-        try:
-            self.predictor.start()
-        except Exception:
-            log.exception("could not load the models; the service stays unready")
-            return
+        for attempt in range(1, 10**9):
+            try:
+                self.predictor.start()
+                break
+            except Exception as e:  # e.g. the registry is unreachable: stay unready, try again
+                log.error("could not start serving (attempt %d): %s: %s; retrying in 5s", attempt,
+                          type(e).__name__, e)
+                time.sleep(5)
         if self.config.grpc_port > 0:
+            from serving.grpc_front import serve_grpc
+
             self.grpc_server = serve_grpc(self.predictor, self.config.grpc_host, self.config.grpc_port)
 
     def __is_ready__(self) -> bool:
@@ -122,25 +205,31 @@ class LongtailServing:
         self.predictor.close()
 
     @bentoml.api
-    def predict(self, scenario: str = SCENARIO_FIELD,
-                entity: dict[str, str | int | float] | None = None, features: dict[str, Any] | None = None,
-                event_timestamp: str | None = None, return_features: bool = False) -> dict[str, Any]:
+    async def predict(self, scenario: str = SCENARIO_FIELD,
+                      entity: dict[str, str | int | float] | None = None, features: dict[str, Any] | None = None,
+                      event_timestamp: str | None = None, return_features: bool = False) -> dict[str, Any]:
         """Probability for one request: the scenario plus its entity keys or its raw features."""
         try:
-            return self.predictor.predict(PredictRequest(scenario, entity, features, event_timestamp,
-                                                         return_features)).to_dict()
+            prediction = await self.predictor.apredict(self.request(scenario, entity, features, event_timestamp,
+                                                                    return_features))
         except ServingError as e:
-            return _refused(e)
+            return _refused(e, "/predict")
+        return JSONResponse(prediction.to_dict())  # a Response is sent as it is (no per-call output schema)
 
     @bentoml.api
-    def predict_batch(self, requests: list[PredictItem] = BATCH_FIELD) -> list[dict[str, Any]]:
-        """Probabilities for a list of requests (one forward pass per model)."""
+    async def predict_batch(self, requests: list[PredictItem] = BATCH_FIELD) -> list[dict[str, Any]]:
+        """Probabilities for a list of requests (one forward pass per model); an invalid item fails alone:
+        its entry is its error (``error``, ``field`` naming ``requests[i]``, ``message``, ``status``)."""
         try:
-            return [p.to_dict() for p in self.predictor.predict_many([_request(r) for r in requests])]
+            results = await self.predictor.apredict_many([_request(r) for r in requests])
         except ServingError as e:
-            return _refused(e)
+            return _refused(e, "/predict_batch")
+        return JSONResponse([_item(r) for r in results])
 
     @bentoml.api
-    def models(self) -> dict[str, Any]:
-        """What serves each scenario, the fallback model and the last reload error."""
+    async def models(self) -> dict[str, Any]:
+        """What serves each scenario (loaded or not, degraded), the fallback model and the cache."""
         return self.predictor.models()
+
+
+LongtailServing.add_asgi_middleware(ReadyzBody)

@@ -198,3 +198,22 @@ def test_join_cache_records_an_invalid_set_and_prepare_still_refuses_it(tmp_path
     for _ in range(2):  # the miss and the hit both refuse it, naming the column
         with pytest.raises(SpecError, match=tables.spec.label):
             prepare(DataConfig(tables=str(root)))
+
+
+def test_a_set_of_the_first_layout_still_loads_and_joins(tmp_path):
+    """A spec that names no profile tables: one ``profile_daily`` table keyed by the first entity key,
+    views ``behavior_<seq>_hourly``, no as-of column (so no join-miss count, as before)."""
+    import dataclasses
+
+    spec, events, profile, behaviors = generate_tables(SyntheticConfig(n_scenarios=2, max_rows=80, min_rows=40))
+    legacy = dataclasses.replace(spec, profiles=(), sequences=tuple(dataclasses.replace(s, view=None)
+                                                                    for s in spec.sequences))
+    old_profile = profile.drop(columns=[c for c in profile if c.endswith("__published_at")])
+    ts = tables_mod.write_table_set(tmp_path / "t", legacy, events, old_profile, behaviors)
+    assert sorted(p.name for p in ts.root.glob("*.parquet")) == [
+        "behavior_actions_hourly.parquet", "behavior_market_hourly.parquet", "events.parquet", "profile_daily.parquet"]
+    assert ts.profile_path.name == "profile_daily.parquet" and legacy.profile_entity == "event_id"
+    df = point_in_time_join(ts)
+    assert legacy.join_misses(df) == {} and not legacy.problems(df)
+    with pytest.raises(TableSetError, match="profile table\\(s\\) \\['event'\\] missing"):
+        tables_mod.write_table_set(tmp_path / "u", spec, events, {"other": profile}, behaviors)

@@ -187,3 +187,74 @@ def test_production_variant_on_a_real_redis(synthetic_tables, tmp_path, redis_ur
         entity_rows=[{"event_id": int(recent["event_id"]), "region": region["region"]}]).to_dict()
     assert online["x1"][0] == pytest.approx(recent["x1"])
     np.testing.assert_allclose(online["market__index"][0], region["market__index"])
+
+
+# ---------------------------------------------------------------------- an imported set: several profile tables
+@pytest.fixture(scope="module")
+def ratings_repo(tmp_path_factory):
+    """The ratings example imported (a user profile that changes, a static item catalog, two logs
+    stamped per event), with its feature repo applied."""
+    from longtail.data.examples import RatingsConfig, write_ratings
+    from longtail.data.importer import import_tables
+
+    root = tmp_path_factory.mktemp("ratings")
+    spec_path = write_ratings(root / "raw", RatingsConfig(users=120, items=60, ratings_per_user=8, seed=3))
+    tables = import_tables(spec_path, root / "tables")
+    repo = working_repo(root / "repo", tables.root)
+    store = open_store(repo)
+    apply_repo(store, repo)
+    return tables, repo, store
+
+
+def test_views_and_service_follow_the_spec_of_an_import(ratings_repo):
+    tables, _, store = ratings_repo
+    views = {v.name: v for v in store.list_feature_views()}
+    assert set(views) == {"profile_user", "profile_item", "profile_history_count", "behavior_history",
+                          "behavior_item_history"}
+    assert list(views["profile_item"].entities) == ["item_id"]
+    assert list(views["profile_user"].entities) == ["user_id"]
+    assert views["profile_item"].tags["static"] == "true" and views["profile_user"].tags["static"] == "false"
+    assert "user__updated_at" in {f.name for f in views["profile_user"].features}
+    service = store.get_feature_service("ratings_v1")
+    assert {p.name for p in service.feature_view_projections} == set(views)
+
+
+def test_historical_join_of_an_import_equals_the_embedded_join(ratings_repo):
+    """Per-event stamps (microseconds) and two profile tables: Feast returns the embedded join's rows."""
+    tables, _, store = ratings_repo
+    events = tables.read_events()
+    feast_rows = historical_frame(store, tables.spec, events)
+    embedded = point_in_time_join(tables, events)
+    assert list(feast_rows.columns) == list(embedded.columns)
+    for col in embedded.columns:
+        bad = [i for i, (a, b) in enumerate(zip(feast_rows[col], embedded[col], strict=True)) if not _same(a, b)]
+        assert not bad, f"column {col}: rows {bad[:5]} differ"
+    assert tables.spec.problems(feast_rows) == []
+
+
+def test_online_lookup_reads_each_profile_by_its_own_key(ratings_repo):
+    """Materialized with a short window, the static catalog is still loaded whole; a request names both
+    keys, and a key without a profile row is refused naming that key."""
+    from longtail.online.errors import RequestError
+    from serving.feast_source import FeastFeatureSource
+
+    tables, repo, store = ratings_repo
+    items = tables.read_profile("item")
+    users = tables.read_profile("user").sort_values(SNAPSHOT_TS).groupby("user_id").tail(1).set_index("user_id")
+    counts = tables.read_profile("history_count").sort_values(SNAPSHOT_TS).groupby("user_id").tail(1)
+    user = int(users.index[-1])  # the user whose profile changed last; its newest rows of every user view:
+    newest = min(users.loc[user, SNAPSHOT_TS], counts.set_index("user_id").loc[user, SNAPSHOT_TS])
+    end = data_end(repo)
+    window = (pd.Timestamp(end) - newest).total_seconds() / 86400 + 0.01
+    assert window < 60  # much shorter than the data: the catalog's rows (stamped at the epoch) are outside it
+    materialize(store, end, initial_days=window)
+    source = FeastFeatureSource(str(repo))
+    spec = tables.spec
+    item = items.iloc[0]
+    got = source.lookup(spec, {"user_id": user, "item_id": int(item["item_id"])}, pd.Timestamp.now(tz="UTC"))
+    assert got["year"] == pytest.approx(item["year"]) and got["price"] == pytest.approx(item["price"])
+    assert got["plan"] == users.loc[user, "plan"]
+    assert set(got) >= set(spec.feature_columns)
+    with pytest.raises(RequestError, match="'entity.item_id': 99999 has no row of profile 'item'") as e:
+        source.lookup(spec, {"user_id": user, "item_id": 99999}, pd.Timestamp.now(tz="UTC"))
+    assert e.value.field == "entity.item_id"

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from longtail.data import flights as F
+from longtail.data import importer
 from longtail.data.tables import point_in_time_join
 from longtail.spec import SpecError
 
@@ -112,8 +113,12 @@ def test_weather_steps_match_a_slow_recomputation(joined: pd.DataFrame, source: 
 
 @pytest.mark.parametrize("leaky_rule", ["floor", "ceil"])
 def test_check_catches_a_leaky_aircraft_stamp(tmp_path_factory, monkeypatch, leaky_rule: str) -> None:
+    # the importer's stamping rule swapped for a leaky one (no import spec can ask for it):
     # floor: a 10:37 landing shown at 10:00; ceil: a 10:00 landing shown at 10:00 (the on-hour edge)
-    monkeypatch.setattr(F, "aircraft_snapshot_ts", lambda landed: getattr(landed.dt, leaky_rule)("h"))
+    def leaky(known: pd.Series, refresh: pd.Timedelta | None = None) -> pd.Series:
+        return getattr(known.dt, leaky_rule)(refresh or importer.TICK)
+
+    monkeypatch.setattr(importer, "visibility_stamp", leaky)
     joined = _build(tmp_path_factory, f"leaky_{leaky_rule}")
     assert aircraft_leaks(joined) > 0
     with pytest.raises(SpecError, match="leakage"):
@@ -121,6 +126,9 @@ def test_check_catches_a_leaky_aircraft_stamp(tmp_path_factory, monkeypatch, lea
 
 
 def test_check_catches_weather_shown_too_early(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setattr(F, "weather_snapshot_ts", lambda observed: observed)
+    monkeypatch.setattr(importer, "visibility_stamp", lambda known, refresh=None: known)  # at, not after
     joined = _build(tmp_path_factory, "leaky_weather")
     assert weather_leaks(joined) > 0
+    with pytest.raises(SpecError, match="weather__observed_at.*leakage"):
+        F.flights_spec().validate(joined.drop(columns=[c for c in joined if c.startswith("aircraft__")]).assign(
+            **{c: [[]] * len(joined) for c in F.flights_spec().sequence("aircraft").columns}), check_scenarios=False)

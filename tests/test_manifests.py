@@ -360,6 +360,16 @@ def test_serving_config_in_the_chart_loads(tmp_path):
     (tmp_path / "serving.yaml").write_text(cm["data"]["serving.yaml"])
     cfg = load_serving_config(tmp_path / "serving.yaml", [])
     assert cfg.feature_source == "feast" and cfg.feast_repo == "/etc/longtail/feature_repo"
+    assert cfg.workers == 0 and cfg.max_latency_ms == 0  # one worker per CPU of the pod; no batching wait
+
+
+def test_chart_sets_the_worker_count_when_asked():
+    def env(values):
+        dep = next(d for d in helm_render(values) if d["kind"] == "Deployment")
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert "BENTOML_CONFIG_OPTIONS" not in env({})  # BentoML's workers="cpu_count": the pod's CPU limit
+    assert env({"serving": {"workers": 3}})["BENTOML_CONFIG_OPTIONS"] == "services.longtail_serving.workers=3"
 
 
 @pytest.mark.parametrize("values, where", [

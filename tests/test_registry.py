@@ -266,6 +266,109 @@ def test_promote_rollback_serving(reg, tmp_path):
     assert history[1]["note"] == "beats theta0" and history[2]["previous"] == {"name": "specific-AA", "version": 1}
 
 
+# ---------------------------------------------------------------------- the serving index
+class _CountingStore:
+    """Wraps a store and counts its reads (what a poll of many scenarios costs)."""
+
+    def __init__(self, store):
+        self._store, self.reads = store, 0
+
+    def get_with_etag(self, key):
+        self.reads += 1
+        return self._store.get_with_etag(key)
+
+    def get_bytes(self, key):
+        self.reads += 1
+        return self._store.get_bytes(key)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_serving_index_is_one_read_and_follows_promotes(reg, tmp_path):
+    src = _folder(tmp_path / "m", "x")
+    theta0 = _publish(reg, src, name="agnostic")
+    light = {s: reg.publish(f"light-{s}", src, kind="light", scenario=s, metrics={}, lineage={}) for s in "ABC"}
+    for s in "ABC":
+        reg.promote(s, *theta0.ref)
+        reg.promote(s, *light[s].ref)
+    reg.rollback("B")
+    reg.promote("_default", *theta0.ref)
+    want = {s: reg.serving(s) for s in reg.pointer_scenarios()}
+    assert want == {"A": light["A"].ref, "B": theta0.ref, "C": light["C"].ref, "_default": theta0.ref}
+    counting = _CountingStore(reg.store)
+    index = ModelRegistry(counting).serving_index()
+    assert counting.reads == 1, "a poll of every scenario is one read of the index"
+    assert (index.source, dict(index.pointers)) == ("index", want)
+    assert index.revisions == {s: reg.pointer(s).revision for s in want}
+    assert index.revision == 8  # one index write per pointer change
+
+
+def test_serving_index_of_a_registry_without_one(reg, tmp_path):
+    """A registry from before the index: readers read every pointer; the first promote writes the index
+    with every scenario in it, not only its own."""
+    src = _folder(tmp_path / "m", "x")
+    theta0 = _publish(reg, src, name="agnostic")
+    for s in ("A", "B"):
+        reg.promote(s, *theta0.ref)
+    reg.store.delete("index/serving.json")
+    old = reg.serving_index()
+    assert (old.source, dict(old.pointers)) == ("pointers", {"A": theta0.ref, "B": theta0.ref})
+    reg.promote("C", *theta0.ref)
+    new = reg.serving_index()
+    assert (new.source, dict(new.pointers)) == ("index", {"A": theta0.ref, "B": theta0.ref, "C": theta0.ref})
+
+
+def test_a_stale_index_entry_is_repaired(reg, tmp_path, monkeypatch):
+    """A promoter that dies between its pointer write and its index write leaves the entry behind; retrying
+    the promote or rebuilding the index repairs it."""
+    src = _folder(tmp_path / "m", "x")
+    v1, v2 = _publish(reg, src), _publish(reg, src)
+    reg.promote("S", *v1.ref)
+    with monkeypatch.context() as m:
+        m.setattr(ModelRegistry, "_index_entry", lambda self, scenario, state: None)  # "crashed" before it
+        reg.promote("S", *v2.ref)
+    assert reg.serving("S") == v2.ref and reg.serving_index().pointers["S"] == v1.ref
+    reg.promote("S", *v2.ref)  # the retry finds the pointer already there and repairs the index
+    assert reg.serving_index().pointers["S"] == v2.ref
+    with monkeypatch.context() as m:
+        m.setattr(ModelRegistry, "_index_entry", lambda self, scenario, state: None)
+        reg.rollback("S")
+    rebuilt = reg.rebuild_serving_index()
+    assert dict(rebuilt.pointers) == {"S": v1.ref} == dict(reg.serving_index().pointers)
+
+
+def test_concurrent_promotes_of_many_scenarios_keep_the_index_exact(backend, tmp_path):
+    reg = backend.open()
+    src = _folder(tmp_path / "m", "x")
+    versions = [_publish(reg, src).version for _ in range(3)]
+    barrier, client = threading.Barrier(N_WORKERS), backend.shared_client()
+    errors: list[str] = []
+
+    def run(i: int) -> None:
+        mine = backend.open(client)
+        barrier.wait(60)
+        try:
+            for v in versions:
+                mine.promote(f"s{i}", "m", v)
+                mine.promote("shared", "m", v)
+            mine.rollback(f"s{i}")
+        except BaseException as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(N_WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    index = reg.serving_index()
+    assert index.source == "index"
+    assert dict(index.pointers) == {s: reg.serving(s) for s in reg.pointer_scenarios()}
+    assert index.revisions == {s: reg.pointer(s).revision for s in reg.pointer_scenarios()}
+    assert all(index.pointers[f"s{i}"] == ("m", versions[-2]) for i in range(N_WORKERS))
+
+
 # ---------------------------------------------------------------------- concurrency
 def _publish_then_promote(backend: Backend, worker: int, src: str, barrier: Any, client: Any = None) -> list[int]:
     """One concurrent client: its own registry; publishes PER_WORKER versions, then promotes each."""
@@ -300,6 +403,8 @@ def _check_concurrent_outcome(reg: ModelRegistry, results: dict[int, Any], sourc
     assert sorted(e["version"] for e in state.history) == sorted(versions)
     assert state.stack == tuple(("m", e["version"]) for e in state.history)
     assert reg.serving("S") == state.stack[-1]
+    index = reg.serving_index()  # the index ends where the pointer ends, whatever the interleaving
+    assert (index.source, index.pointers, index.revisions) == ("index", {"S": state.current}, {"S": n})
 
 
 def test_concurrent_publishers_and_promoters_threads(backend, tmp_path):

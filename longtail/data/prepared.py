@@ -8,23 +8,24 @@ import numpy as np
 import pandas as pd
 
 from longtail.data.splits import assign_split
-from longtail.data.tables import TableSet, cached_join
+from longtail.data.tables import HOW_TO_MAKE, TableSet, TableSetError, cached_join
 from longtail.spec import DatasetSpec, SpecError
 
-__all__ = ["DataConfig", "PreparedData", "prepare"]
+__all__ = ["DataConfig", "PreparedData", "load_tables", "prepare"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Args:
-    tables: the table-set folder (built by `longtail data build`).
+    tables: the table-set folder (made by `longtail data import`, or `longtail data build` for the
+        examples). No default: a command that needs a table set is given one.
     split_seed: seed of the test / validation splits.
     test_frac: test share of each scenario (the paper uses 20%).
     valid_frac: validation share of the remaining training rows.
     scenarios: restrict to these scenarios (empty: all).
     """
 
-    tables: str = "data/flights"
+    tables: str = ""
     split_seed: int = 0
     test_frac: float = 0.2
     valid_frac: float = 0.1
@@ -51,6 +52,19 @@ class PreparedData:
         return self.frame[mask]
 
 
+def load_tables(cfg: DataConfig) -> TableSet:
+    """The table set ``cfg.tables`` names, checked before a run writes anything.
+
+    Raises:
+        TableSetError: ``data.tables`` is empty or not a complete table set; the message says how to
+            import or build one.
+    """
+    if not str(cfg.tables).strip():
+        raise TableSetError(f"data.tables is empty: no table set is the default. Pass --data DIR (or set "
+                            f"data.tables); {HOW_TO_MAKE}")
+    return TableSet.load(cfg.tables)
+
+
 def prepare(cfg: DataConfig) -> PreparedData:
     """Load, join (point in time), validate and split a table set.
 
@@ -59,9 +73,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
     trials, benchmark runs) reads one parquet file instead of joining and validating again.
 
     Raises:
+        TableSetError: no table set is named, or the folder is not a complete one (says how to make one).
         SpecError: when the joined rows do not satisfy the spec (names the column and the fix).
     """
-    tables = TableSet.load(cfg.tables)
+    tables = load_tables(cfg)
     spec = tables.spec
     frame, validated = cached_join(tables)  # a cache only when LONGTAIL_JOIN_CACHE names one
     if cfg.scenarios:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from longtail.data.tables import SNAPSHOT_TS, TableSet, join_frames, snapshot_table, write_table_set
-from longtail.spec import CategoricalFeature, DatasetSpec, NumericFeature, SequenceSpec
+from longtail.data.importer import EventsSource, ImportSpec, LogSource, ProfileSource, build_tables
+from longtail.data.tables import TableSet, join_frames, write_table_set
+from longtail.spec import CategoricalFeature, DatasetSpec, NumericFeature, ScenarioRules
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 KINDS = ("view", "buy", "risky", "refund", "chat")
@@ -48,39 +49,37 @@ class SyntheticConfig:
     seed: int = 0
 
 
+def synthetic_import_spec() -> ImportSpec:
+    """The import spec of the synthetic raw tables (frames named events, profile, actions, market).
+
+    The profile is published the day before each event's day and refreshed daily; both logs are
+    refreshed hourly, and a market observation of hour h is published one hour later.
+    """
+    return ImportSpec(
+        name="synthetic",
+        description="synthetic long-tail data for tests",
+        events=EventsSource(path="events", keys=("event_id", "user_id", "region"), time="event_timestamp",
+                            scenario="scenario", label="label"),
+        profiles=(ProfileSource(name="event", view="profile_daily", path="profile", key="event_id",
+                                time="published_at", refresh="1D",
+                                numeric=(NumericFeature("x1"), NumericFeature("x2"),
+                                         NumericFeature("age", nullable=True)),
+                                categorical=(CategoricalFeature("segment"),)),),
+        sequences=(
+            LogSource(name="actions", view="behavior_actions_hourly", path="actions", key="user_id", time="at",
+                      refresh="1h", max_length=8, numeric=(NumericFeature("amount"),),
+                      categorical=(CategoricalFeature("kind", vocabulary=KINDS, oov_bucket=True),)),
+            LogSource(name="market", view="behavior_market_hourly", path="market", key="region", time="observed_at",
+                      available_after="1h", refresh="1h", max_length=6, numeric=(NumericFeature("index"),)),
+        ),
+        # the labels are drawn after the join (from what it makes visible): no scenario is judged before
+        scenarios=ScenarioRules(min_rows=0, min_per_class=0),
+    )
+
+
 def synthetic_spec() -> DatasetSpec:
     """The spec of the synthetic dataset."""
-    return DatasetSpec(
-        name="synthetic",
-        scenario="scenario",
-        label="label",
-        event_timestamp="event_timestamp",
-        entity_keys=("event_id", "user_id", "region"),
-        profile_numeric=(
-            NumericFeature("x1"),
-            NumericFeature("x2"),
-            NumericFeature("age", nullable=True),
-        ),
-        profile_categorical=(CategoricalFeature("segment"),),
-        sequences=(
-            SequenceSpec(
-                name="actions",
-                numeric=(NumericFeature("amount"),),
-                categorical=(CategoricalFeature("kind", vocabulary=KINDS, oov_bucket=True),),
-                max_length=8,
-                timestamp_field="at",
-                entity_key="user_id",
-            ),
-            SequenceSpec(
-                name="market",
-                numeric=(NumericFeature("index"),),
-                max_length=6,
-                timestamp_field="observed_at",
-                entity_key="region",
-            ),
-        ),
-        description="synthetic long-tail data for tests",
-    )
+    return synthetic_import_spec().dataset_spec()
 
 
 def scenario_sizes(cfg: SyntheticConfig) -> list[int]:
@@ -92,6 +91,9 @@ def scenario_sizes(cfg: SyntheticConfig) -> list[int]:
 
 def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
     """Generate the synthetic tables in memory.
+
+    The raw tables (events, a profile row per event, the users' actions, the regions' hourly index)
+    go through `longtail.data.importer.build_tables`; the labels are then drawn from the joined rows.
 
     Returns:
         (spec, events, profile_daily, {"actions": ..., "market": ...}) in the table-set layout.
@@ -115,7 +117,6 @@ def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd
                             "kind": np.array(KINDS)[act_kind]})
     actions["at"] = T0 + pd.to_timedelta(actions["h"], unit="h")
     actions = actions.sort_values(["user_id", "at"]).reset_index(drop=True)
-    beh_actions = snapshot_table(actions, "user_id", next_hour(actions["at"]), "at", spec.sequence("actions"))
 
     # ---- hourly market index per region (behavior sequence 2)
     hours = np.arange(horizon_h + 1)
@@ -126,10 +127,6 @@ def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd
     walk = rng.normal(0, 0.3, len(market)).reshape(n_regions, -1).cumsum(axis=1) * 0.3
     market["index"] = np.clip(walk.ravel(), -3, 3)
     market["observed_at"] = T0 + pd.to_timedelta(market["h"], unit="h")
-    # an observation of hour h is published at h + 1h: the snapshot stamped T holds observed_at < T - 1h + 1e-9
-    market["_avail"] = market["observed_at"] + pd.Timedelta(hours=1)
-    beh_market = snapshot_table(market, "region", next_hour(market["_avail"]), "observed_at",
-                                spec.sequence("market"))
 
     # ---- events and daily profile
     scen = np.repeat([f"s{i:02d}" for i in range(cfg.n_scenarios)], sizes)
@@ -143,14 +140,17 @@ def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd
     })
     profile = pd.DataFrame({
         "event_id": events["event_id"],
-        SNAPSHOT_TS: events["event_timestamp"].dt.floor("D"),
+        "published_at": events["event_timestamp"].dt.floor("D") - pd.Timedelta(days=1),
         "x1": rng.normal(0, 1, n),
         "x2": rng.normal(0, 1, n),
         "age": np.where(rng.uniform(size=n) < 0.1, np.nan, rng.uniform(18, 80, n)),
         "segment": rng.choice(["a", "b", "c"], n),
     })
     events["label"] = 0
-    joined = join_frames(spec, events, profile, {"actions": beh_actions, "market": beh_market})
+    built = build_tables(synthetic_import_spec(), frames={"events": events, "profile": profile, "actions": actions,
+                                                          "market": market})
+    events, profiles, behaviors = built.events, built.profiles, built.behaviors
+    joined = join_frames(spec, events, profiles, behaviors)
 
     # ---- the label, from what the join makes visible
     bias = {f"s{i:02d}": rng.normal(0, 0.8 * cfg.shift) for i in range(cfg.n_scenarios)}
@@ -163,7 +163,7 @@ def generate_tables(cfg: SyntheticConfig) -> tuple[DatasetSpec, pd.DataFrame, pd
              + 0.5 * mkt + joined["scenario"].map(bias) + joined["scenario"].map(w2) * joined["x2"] - 0.5)
     prob = 1 / (1 + np.exp(-logit.to_numpy()))
     events["label"] = (rng.uniform(size=n) < prob).astype(np.int64)
-    return spec, events, profile, {"actions": beh_actions, "market": beh_market}
+    return spec, events, profiles["event"], behaviors
 
 
 def build_synthetic(out: str | Path, cfg: SyntheticConfig | None = None) -> TableSet:
@@ -179,8 +179,3 @@ def build_synthetic(out: str | Path, cfg: SyntheticConfig | None = None) -> Tabl
     cfg = cfg or SyntheticConfig()
     spec, events, profile, behaviors = generate_tables(cfg)
     return write_table_set(out, spec, events, profile, behaviors, meta={"source": "synthetic", **cfg.__dict__})
-
-
-def next_hour(available_at: pd.Series) -> pd.Series:
-    """The first hourly snapshot that may show a step available at ``available_at`` (strictly after it)."""
-    return available_at.dt.floor("h") + pd.Timedelta(hours=1)

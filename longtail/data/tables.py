@@ -2,12 +2,20 @@
 
 A table set is a folder:
 
-    manifest.json                  written last; its presence marks the set as complete
-    spec.yaml                      the DatasetSpec
-    events.parquet                 entity keys, scenario, event timestamp, label (one row per event)
-    profile_daily.parquet          profile entity key, ``snapshot_ts`` (daily), profile features
-    behavior_<seq>_hourly.parquet  sequence entity key, ``snapshot_ts`` (hourly, one row per entity
-                                   per hour in which the sequence changed), list columns <seq>__<field>
+    manifest.json      written last; its presence marks the set as complete
+    spec.yaml          the DatasetSpec
+    events.parquet     entity keys, scenario, event timestamp, label (one row per event)
+    <view>.parquet     one per profile table (``spec.profile_tables``): its entity key, ``snapshot_ts``,
+                       its profile features and, when the profile names a ``timestamp_field``, the
+                       as-of column ``<profile>__<timestamp_field>`` (when the values were known)
+    <view>.parquet     one per behavior sequence: its entity key, ``snapshot_ts`` (one row per entity
+                       per stamp at which the sequence changed) and list columns ``<seq>__<field>``
+
+View names come from the spec (``ProfileSpec.view_name``, ``SequenceSpec.view_name``); a spec
+that names none has the layout of the first table sets, ``profile_daily`` and
+``behavior_<seq>_hourly``. Stamps may have any resolution (a day, an hour, one per event); the
+Feast offline store holds microseconds, so stamps should sit on the microsecond grid
+(`longtail.data.importer` puts them there).
 
 Snapshot semantics (what makes the join leak-free): a snapshot row stamped ``snapshot_ts`` holds
 only information available strictly before ``snapshot_ts``; the join takes, for each event, the
@@ -32,10 +40,13 @@ import pandas as pd
 import pyarrow as pa
 
 from longtail.io import atomic_path, atomic_write_json
-from longtail.spec import DatasetSpec, SequenceSpec, SpecError
+from longtail.spec import DatasetSpec, ProfileSpec, SequenceSpec, SpecError
 
 SNAPSHOT_TS = "snapshot_ts"
 MANIFEST = "manifest.json"
+HOW_TO_MAKE = ("import your own data with `longtail data import SPEC.yaml --out DIR` (docs/your-data.md), or "
+               "build an example set with `longtail data build flights --out DIR` (or `synthetic`), then pass "
+               "that folder")
 
 
 class TableSetError(RuntimeError):
@@ -54,13 +65,27 @@ class TableSet:
     def events_path(self) -> Path:
         return self.root / "events.parquet"
 
+    def view_path(self, view: str) -> Path:
+        """The parquet file of a profile or sequence view."""
+        return self.root / f"{view}.parquet"
+
     @property
     def profile_path(self) -> Path:
-        return self.root / "profile_daily.parquet"
+        """The first profile table's file (the only one of a set with a single profile table)."""
+        return self.view_path(self.spec.profile_tables[0].view_name)
+
+    def profile_table_path(self, profile: str | ProfileSpec) -> Path:
+        p = profile if isinstance(profile, ProfileSpec) else self.spec.profile(profile)
+        return self.view_path(p.view_name)
 
     def behavior_path(self, seq: str | SequenceSpec) -> Path:
-        name = seq if isinstance(seq, str) else seq.name
-        return self.root / f"behavior_{name}_hourly.parquet"
+        s = self.spec.sequence(seq) if isinstance(seq, str) else seq
+        return self.view_path(s.view_name)
+
+    @property
+    def table_paths(self) -> list[Path]:
+        """Every table file: events, then each view's."""
+        return [self.events_path, *(self.view_path(v) for v in self.spec.views)]
 
     @classmethod
     def load(cls, root: str | Path) -> TableSet:
@@ -70,11 +95,10 @@ class TableSet:
             TableSetError: when the folder has no manifest (never built, or a build crashed).
         """
         root = Path(root)
+        if not str(root).strip() or str(root) == ".":
+            raise TableSetError(f"no table set given; {HOW_TO_MAKE}")
         if not (root / MANIFEST).exists():
-            raise TableSetError(
-                f"{root}: not a complete table set (no {MANIFEST}); build it first, e.g. "
-                "`longtail data build flights --out DIR` or `longtail data build synthetic --out DIR`"
-            )
+            raise TableSetError(f"{root}: not a complete table set (no {MANIFEST}); {HOW_TO_MAKE}")
         manifest = json.loads((root / MANIFEST).read_text())
         spec = DatasetSpec.from_yaml(root / "spec.yaml")
         return cls(root=root, spec=spec, manifest=manifest)
@@ -82,18 +106,40 @@ class TableSet:
     def read_events(self) -> pd.DataFrame:
         return pd.read_parquet(self.events_path)
 
-    def read_profile(self) -> pd.DataFrame:
-        return pd.read_parquet(self.profile_path)
+    def read_profile(self, profile: str | ProfileSpec | None = None) -> pd.DataFrame:
+        """One profile table (default: the first)."""
+        return pd.read_parquet(self.profile_path if profile is None else self.profile_table_path(profile))
+
+    def read_profiles(self) -> dict[str, pd.DataFrame]:
+        """Every profile table, by profile name."""
+        return {p.name: pd.read_parquet(self.view_path(p.view_name)) for p in self.spec.profile_tables}
 
     def read_behavior(self, seq: str | SequenceSpec) -> pd.DataFrame:
         return pd.read_parquet(self.behavior_path(seq))
+
+
+Profiles = pd.DataFrame | dict[str, pd.DataFrame]
+
+
+def _profile_frames(spec: DatasetSpec, profiles: Profiles) -> dict[str, pd.DataFrame]:
+    """Profile tables by profile name (a single frame is the only profile table's)."""
+    tables = spec.profile_tables
+    if isinstance(profiles, pd.DataFrame):
+        if len(tables) != 1:
+            raise TableSetError(f"spec '{spec.name}' has {len(tables)} profile tables "
+                                f"{[p.name for p in tables]}; pass a dict of frames by profile name")
+        return {tables[0].name: profiles}
+    missing = [p.name for p in tables if p.name not in profiles]
+    if missing:
+        raise TableSetError(f"profile table(s) {missing} missing; pass profiles[name] for every profile of the spec")
+    return {p.name: profiles[p.name] for p in tables}
 
 
 def write_table_set(
     root: str | Path,
     spec: DatasetSpec,
     events: pd.DataFrame,
-    profile: pd.DataFrame,
+    profiles: Profiles,
     behaviors: dict[str, pd.DataFrame],
     meta: dict[str, Any] | None = None,
 ) -> TableSet:
@@ -105,14 +151,17 @@ def write_table_set(
     Args:
         root: destination folder (replaced if it exists).
         spec: the dataset spec; written as spec.yaml.
-        events / profile / behaviors: the tables (see the module docstring for their columns).
+        events: the events table (see the module docstring for the columns of every table).
+        profiles: the profile tables by profile name (a single frame when the spec has one).
+        behaviors: the sequences' snapshot tables by sequence name.
         meta: extra provenance for the manifest (source, parameters).
 
     Returns:
         The written `TableSet`.
     """
     root = Path(root)
-    _check_tables(spec, events, profile, behaviors)
+    profiles = _profile_frames(spec, profiles)
+    _check_tables(spec, events, profiles, behaviors)
     root.parent.mkdir(parents=True, exist_ok=True)
     for stale in root.parent.glob(f".{root.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -120,17 +169,14 @@ def write_table_set(
     try:
         spec.to_yaml(tmp / "spec.yaml")
         events.to_parquet(tmp / "events.parquet", index=False)
-        profile.to_parquet(tmp / "profile_daily.parquet", index=False)
-        for name, df in behaviors.items():
-            df.to_parquet(tmp / f"behavior_{name}_hourly.parquet", index=False)
+        views = {p.view_name: profiles[p.name] for p in spec.profile_tables}
+        views.update({s.view_name: behaviors[s.name] for s in spec.sequences})
+        for view, df in views.items():
+            df.to_parquet(tmp / f"{view}.parquet", index=False)
         manifest = {
             "dataset": spec.name,
             "created_unix": time.time(),
-            "rows": {
-                "events": len(events),
-                "profile_daily": len(profile),
-                **{f"behavior_{k}_hourly": len(v) for k, v in behaviors.items()},
-            },
+            "rows": {"events": len(events), **{view: len(df) for view, df in views.items()}},
             "scenarios": events[spec.scenario].value_counts().to_dict(),
             "meta": meta or {},
         }
@@ -148,17 +194,21 @@ def write_table_set(
     return TableSet.load(root)
 
 
-def _check_tables(spec: DatasetSpec, events: pd.DataFrame, profile: pd.DataFrame,
+def _check_tables(spec: DatasetSpec, events: pd.DataFrame, profiles: dict[str, pd.DataFrame],
                   behaviors: dict[str, pd.DataFrame]) -> None:
     need_events = [spec.scenario, spec.label, spec.event_timestamp, *spec.entity_keys]
     _require(events, need_events, "events")
-    prof_feats = [f.name for f in spec.profile_numeric] + [c.name for c in spec.profile_categorical]
-    _require(profile, [spec.profile_entity, SNAPSHOT_TS, *prof_feats], "profile_daily")
+    checked: list[tuple[str, pd.DataFrame]] = [("events", events)]
+    for p in spec.profile_tables:
+        cols = [p.entity_key, SNAPSHOT_TS, *p.features, *([p.time_column] if p.time_column else [])]
+        _require(profiles[p.name], cols, p.view_name)
+        checked.append((p.view_name, profiles[p.name]))
     for s in spec.sequences:
         if s.name not in behaviors:
             raise TableSetError(f"behavior table for sequence '{s.name}' is missing; pass behaviors['{s.name}']")
-        _require(behaviors[s.name], [spec.sequence_entity(s), SNAPSHOT_TS, *s.columns], f"behavior_{s.name}_hourly")
-    for name, df in [("events", events), ("profile_daily", profile), *behaviors.items()]:
+        _require(behaviors[s.name], [spec.sequence_entity(s), SNAPSHOT_TS, *s.columns], s.view_name)
+        checked.append((s.view_name, behaviors[s.name]))
+    for name, df in checked:
         col = spec.event_timestamp if name == "events" else SNAPSHOT_TS
         if not isinstance(df[col].dtype, pd.DatetimeTZDtype):
             raise TableSetError(f"table {name}: column '{col}' must be tz-aware UTC, got {df[col].dtype}")
@@ -182,22 +232,26 @@ def point_in_time_join(tables: TableSet, events: pd.DataFrame | None = None) -> 
     """
     spec = tables.spec
     ev = tables.read_events() if events is None else events
-    return join_frames(spec, ev, tables.read_profile(), {s.name: tables.read_behavior(s) for s in spec.sequences})
+    return join_frames(spec, ev, tables.read_profiles(), {s.name: tables.read_behavior(s) for s in spec.sequences})
 
 
-def join_frames(spec: DatasetSpec, events: pd.DataFrame, profile: pd.DataFrame,
+def join_frames(spec: DatasetSpec, events: pd.DataFrame, profiles: Profiles,
                 behaviors: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The point-in-time join over in-memory tables.
 
     For every event row and every table, the newest snapshot of the row's entity with
-    ``snapshot_ts <= event time`` is taken; an event with no such snapshot gets NaN profile
-    features (validation then reports them unless the feature is nullable) and empty sequences.
+    ``snapshot_ts <= event time`` is taken. An event with no such snapshot gets empty sequences
+    and NaN profile features; a profile table's as-of column (when it has one) is then NaT, which
+    validation reports as a join miss.
     """
     ts = spec.event_timestamp
     out = events.reset_index(drop=True).copy()
     out["_row"] = np.arange(len(out))
-    prof_feats = [f.name for f in spec.profile_numeric] + [c.name for c in spec.profile_categorical]
-    out = _asof(out, profile, spec.profile_entity, ts, prof_feats)
+    frames = _profile_frames(spec, profiles)
+    for p in spec.profile_tables:
+        df = frames[p.name]
+        cols = [*p.features, *([p.time_column] if p.time_column and p.time_column in df.columns else [])]
+        out = _asof(out, df, p.entity_key, ts, cols)
     for s in spec.sequences:
         out = _asof(out, behaviors[s.name], spec.sequence_entity(s), ts, s.columns)
         for col in s.columns:
@@ -248,15 +302,24 @@ def _utc_values(ts: pd.Series) -> np.ndarray:
     return ts.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
 
 
-def snapshot_table(steps: pd.DataFrame, key: str, stamp: pd.Series, time_col: str,
-                    seq: SequenceSpec) -> pd.DataFrame:
+def snapshot_table(steps: pd.DataFrame, *, key: str, stamp: pd.Series, time_col: str,
+                   seq: SequenceSpec) -> pd.DataFrame:
     """Snapshot rows of a sequence: one per entity per stamp at which its sequence changed.
 
-    ``stamp`` is, per step, the snapshot time at which the step first becomes visible (strictly
-    after the step is known, e.g. the next hour boundary); the caller chooses that rule.
+    Args:
+        steps: one row per step, with the entity ``key``, the step time ``time_col`` and every field
+            of ``seq`` (``seq.field_names``).
+        key: the entity key column.
+        stamp: per step (aligned with ``steps``), the snapshot time from which the step is visible: a
+            snapshot stamped S holds only what was known strictly before S, so ``stamp`` must be
+            strictly after the step became known (`longtail.data.importer.visibility_stamp` computes
+            it from a refresh period or at the microsecond).
+        time_col: the step time column; it orders steps that share a stamp.
+        seq: the sequence spec (``max_length`` and the fields to gather).
 
-    The snapshot stamped S holds the last ``max_length`` steps of its entity with stamp <= S
-    (for a stamp that grows with the step time: the newest steps), oldest first.
+    Returns:
+        ``key, snapshot_ts`` and one list column ``<seq>__<field>`` per field: the snapshot stamped S
+        holds the last ``max_length`` steps of its entity with stamp <= S, oldest first.
     """
     steps = steps.assign(_stamp=_utc_values(stamp)).sort_values([key, "_stamp", time_col], kind="stable")
     steps = steps.reset_index(drop=True)
@@ -270,6 +333,20 @@ def snapshot_table(steps: pd.DataFrame, key: str, stamp: pd.Series, time_col: st
         values = _utc_values(col) if isinstance(col.dtype, pd.DatetimeTZDtype) else col.to_numpy()
         out[seq.column(fname)] = _gather_lists(values, start, end)
     return out
+
+
+def trim_before(df: pd.DataFrame, key: str, start: pd.Timestamp) -> pd.DataFrame:
+    """Drop snapshots no event at or after ``start`` can select (keep each entity's last one before it).
+
+    Returns:
+        The kept rows, sorted by ``(key, snapshot_ts)``.
+    """
+    df = df.sort_values([key, SNAPSHOT_TS], kind="stable").reset_index(drop=True)
+    before = (df[SNAPSHOT_TS] < start).to_numpy()
+    ent = df[key].to_numpy()
+    next_differs = np.ones(len(df), bool)
+    next_differs[:-1] = (ent[1:] != ent[:-1]) | ~before[1:]
+    return df.loc[~before | next_differs].reset_index(drop=True)
 
 
 def _asof(left: pd.DataFrame, right: pd.DataFrame, key: str, ts: str, cols: list[str]) -> pd.DataFrame:
@@ -288,7 +365,7 @@ def _asof(left: pd.DataFrame, right: pd.DataFrame, key: str, ts: str, cols: list
 
 # ---------------------------------------------------------------------- join cache
 JOIN_CACHE_ENV = "LONGTAIL_JOIN_CACHE"
-_JOIN_CACHE_VERSION = 1
+_JOIN_CACHE_VERSION = 2  # 2: profile tables named by the spec, with their as-of columns
 
 
 def join_cache_key(tables: TableSet) -> str:
@@ -298,8 +375,7 @@ def join_cache_key(tables: TableSet) -> str:
     (a rebuilt set is written anew, so its files get new times even with equal content).
     """
     h = hashlib.sha256(f"longtail-join-v{_JOIN_CACHE_VERSION}".encode())
-    files = [tables.root / MANIFEST, tables.root / "spec.yaml", tables.events_path, tables.profile_path,
-             *(tables.behavior_path(s) for s in tables.spec.sequences)]
+    files = [tables.root / MANIFEST, tables.root / "spec.yaml", *tables.table_paths]
     for p in files:
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())

@@ -272,10 +272,10 @@ def run_strategy(cfg: StrategyJobConfig, out: str | Path, *, log=print) -> dict[
     Returns:
         The metrics written to ``metrics.json``.
     """
+    data = prepare(cfg.data)  # before the run folder exists: a bad table set leaves nothing behind
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    data = prepare(cfg.data)
     if cfg.strategy == "sinh":
         result = run_sinh(data, cfg.recipe.model, cfg.recipe.train, out=out, log=log)
     elif cfg.strategy == "meh":
@@ -388,10 +388,10 @@ def run_light_job(cfg: LightJobConfig, log=None) -> pd.DataFrame:
         raise FileNotFoundError("meh_out is empty: pass --meh-out RUN, a finished `longtail meta run --strategy meh`")
     meh = Path(cfg.meh_out)
     data_cfg = cfg.data if cfg.data.tables else meh_run_data(meh)
+    data = prepare(data_cfg)  # before the job folder exists: a bad table set leaves nothing behind
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(dataclasses.replace(cfg, data=data_cfg), out / "config.yaml")
-    data = prepare(data_cfg)
     models = meh / "models"
     scenarios = list(cfg.scenarios) or [s for s in data.scenarios if (models / safe_name(s) / "model.json").exists()]
     missing = [s for s in scenarios if not (models / safe_name(s) / "model.json").exists()]

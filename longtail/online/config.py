@@ -19,10 +19,26 @@ class ServingConfig:
     fallback_pointer: the registry serving pointer whose model is the cold-start fallback
         (promote the agnostic model there: ``longtail registry promote _default agnostic 3``).
     scenarios: serve only these scenarios (empty: every scenario that has a serving pointer).
-    poll_seconds: how often the registry's serving pointers are re-read (hot reload); 0 disables it.
+    poll_seconds: how often the registry's serving index is re-read (hot reload, one read per poll whatever
+        the number of scenarios); 0 disables it (and the retries of failed loads).
     max_batch_size: adaptive batching: the most rows one forward pass takes.
-    max_latency_ms: adaptive batching: the longest a request waits for others to join its batch.
+    max_latency_ms: adaptive batching: how long the batcher waits for more requests after the first; 0 (the
+        default) batches only what is already queued, so a request alone is scored at once.
     max_batch_request: the most items one client batch request may hold.
+    workers: serving processes (each with its own models and batcher); 0: one per CPU core (cgroup limits
+        respected). Applied by ``longtail serve http`` and ``serving.launch.ServiceProcess``.
+    forward_backend: how models run: ``auto`` (ONNX Runtime, else TorchScript, else eager; the first whose
+        output matches the eager model's on probe inputs), or the backend to start that order from
+        (``onnxruntime``, ``torchscript``, ``eager``).
+    model_cache_mb: memory bound of the loaded models (their weights and encoder tables, in MB); the least
+        recently used model is dropped beyond it and loads again on its next request. The fallback stays.
+    preload: after start, load the pointed-to models in a background thread while the cache has room (the
+        service is ready before; a request for a model not loaded yet loads it).
+    load_threads: threads that load models requested before they are in the cache.
+    load_retry_seconds: a version that failed to load is tried again after this long (by the poller).
+    start_wait_seconds: a request that reaches a worker still starting (reading the serving index, loading
+        the fallback) waits this long for it, then gets 503; with several workers, ``/readyz`` is answered
+        by whichever worker is ready first.
     feature_source: ``raw`` (requests carry features; entity requests are refused) or ``feast``.
     feast_repo: Feast repo folder (``feature_store.yaml``) for the ``feast`` source.
     feast_feature_service: the versioned Feast feature service (``<dataset>_v<N>``, as ``feature_repo/``
@@ -40,8 +56,15 @@ class ServingConfig:
     scenarios: tuple[str, ...] = ()
     poll_seconds: float = 10.0
     max_batch_size: int = 64
-    max_latency_ms: float = 5.0
+    max_latency_ms: float = 0.0
     max_batch_request: int = 1024
+    workers: int = 0
+    forward_backend: Literal["auto", "onnxruntime", "torchscript", "eager"] = "auto"
+    model_cache_mb: float = 512.0
+    preload: bool = True
+    load_threads: int = 1
+    load_retry_seconds: float = 60.0
+    start_wait_seconds: float = 30.0
     feature_source: Literal["raw", "feast"] = "raw"
     feast_repo: str = "feature_repo"
     feast_feature_service: str = "{dataset}_v1"
@@ -56,8 +79,12 @@ class ServingConfig:
             raise ConfigError(f"feature_source: {self.feature_source!r}; use 'raw' or 'feast'")
         if self.max_batch_size < 1 or self.max_batch_request < 1:
             raise ConfigError("max_batch_size and max_batch_request must be >= 1")
-        if self.max_latency_ms < 0 or self.poll_seconds < 0:
-            raise ConfigError("max_latency_ms and poll_seconds must be >= 0")
+        if min(self.max_latency_ms, self.poll_seconds, self.load_retry_seconds, self.start_wait_seconds) < 0:
+            raise ConfigError("max_latency_ms, poll_seconds, load_retry_seconds and start_wait_seconds must be >= 0")
+        if self.forward_backend not in ("auto", "onnxruntime", "torchscript", "eager"):
+            raise ConfigError(f"forward_backend: {self.forward_backend!r}; use auto, onnxruntime, torchscript or eager")
+        if self.workers < 0 or self.load_threads < 1 or self.model_cache_mb <= 0:
+            raise ConfigError("workers must be >= 0 (0: one per core), load_threads >= 1 and model_cache_mb > 0")
 
 
 ENV_CONFIG = "LONGTAIL_SERVING_CONFIG"  # a YAML file

@@ -32,3 +32,10 @@ class NotReadyError(ServingError):
     """The models are not loaded yet (the service is starting)."""
 
     status = 503
+
+
+class ModelUnavailableError(ServingError):
+    """The scenario's promoted model could not be loaded (the scenario is degraded); it is not answered
+    by another model. ``field`` is the request's scenario field."""
+
+    status = 503

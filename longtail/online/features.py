@@ -49,7 +49,9 @@ class RawFeatureSource:
 
 
 def check_entity(spec: DatasetSpec, entity: Mapping[str, Any], field: str = "entity") -> dict[str, Any]:
-    """The entity keys a lookup needs, checked.
+    """The entity keys a lookup needs, checked: every key of ``spec.entity_keys``, since each profile
+    table and each sequence of the spec is looked up by its own key (a user profile by ``user_id``,
+    an item profile by ``item_id``).
 
     Raises:
         RequestError: a key is missing, unknown or not a scalar.

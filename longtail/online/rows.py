@@ -46,19 +46,30 @@ def parse_time(value: Any, field: str) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _number(v: Any, field: str, nullable: bool) -> float:
+def number_error(v: Any, field: str, nullable: bool) -> RequestError | None:
+    """The error of a raw numeric feature value, or None when it is a valid number (or an allowed null)."""
     if v is None:
-        if nullable:
-            return float("nan")
-        raise RequestError(f"'{field}' is null but the feature is not nullable; send a number", field=field)
+        return None if nullable else RequestError(
+            f"'{field}' is null but the feature is not nullable; send a number", field=field)
     if isinstance(v, bool) or not isinstance(v, int | float | np.number):
-        raise RequestError(f"'{field}' must be a number, got {type(v).__name__} {v!r}", field=field)
-    v = float(v)
-    if math.isinf(v):
-        raise RequestError(f"'{field}' must be finite, got {v}", field=field)
-    if math.isnan(v) and not nullable:
-        raise RequestError(f"'{field}' is NaN but the feature is not nullable; send a number", field=field)
-    return v
+        return RequestError(f"'{field}' must be a number, got {type(v).__name__} {v!r}", field=field)
+    try:
+        x = float(v)
+    except OverflowError:  # a JSON integer such as 10^400 is valid JSON but no float
+        return RequestError(f"'{field}' is too large for a 64-bit float (a {len(str(abs(int(v))))}-digit integer); "
+                            "send a finite number", field=field)
+    if math.isinf(x):
+        return RequestError(f"'{field}' must be finite, got {x}", field=field)
+    if math.isnan(x) and not nullable:
+        return RequestError(f"'{field}' is NaN but the feature is not nullable; send a number", field=field)
+    return None
+
+
+def _number(v: Any, field: str, nullable: bool) -> float:
+    err = number_error(v, field, nullable)
+    if err is not None:
+        raise err
+    return float("nan") if v is None else float(v)
 
 
 def _category(v: Any, field: str) -> str | None:

@@ -16,6 +16,7 @@ from longtail.registry.registry import (
     FileEntry,
     ModelRegistry,
     ModelVersion,
+    ServingIndex,
     ServingState,
     check_weights_only,
     current_code_version,
@@ -26,6 +27,6 @@ from longtail.registry.store import LocalStore, ObjectStore, S3Store, open_store
 
 __all__ = [
     "ConflictError", "FileEntry", "IntegrityError", "LocalStore", "ModelRegistry", "ModelVersion",
-    "NotFoundError", "ObjectStore", "RegistryError", "S3Store", "ServingState", "UnsafeModelError",
+    "NotFoundError", "ObjectStore", "RegistryError", "S3Store", "ServingIndex", "ServingState", "UnsafeModelError",
     "check_weights_only", "current_code_version", "lineage", "open_registry", "open_store",
 ]

@@ -6,6 +6,7 @@ Layout in the store::
     models/<name>/versions/<v>/files/<path>       the model folder's files (create-if-absent)
     models/<name>/versions/<v>/manifest.json      written LAST (create-if-absent): the version is complete
     serving/<scenario>.json                       the serving pointer: current version, stack, history
+    index/serving.json                            the serving index: every scenario's current version, one object
 
 Why a claim before the files: two publishers that both see version 3 as the next number would
 otherwise upload into the same folder and mix their files; the claim (a create-if-absent write)
@@ -41,7 +42,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from longtail.registry.errors import (
     ConflictError,
@@ -60,6 +61,7 @@ WEIGHT_SUFFIXES = (".pt", ".pth")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _MAX_ATTEMPTS = 64
+INDEX_KEY = "index/serving.json"
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,39 @@ class ServingState:
                    history=tuple(d["history"]))
 
 
+@dataclass(frozen=True)
+class ServingIndex:
+    """Every scenario's current serving version, as one read gives it.
+
+    Attributes:
+        pointers: scenario -> ``(name, version)`` that serves it.
+        revisions: scenario -> the pointer revision the entry was taken from.
+        revision: how many times the index object was written (0: no index object, built by reading
+            every pointer).
+        source: ``index`` (one read of the index object) or ``pointers`` (no index yet: every pointer
+            was read).
+    """
+
+    pointers: Mapping[str, tuple[str, int]]
+    revisions: Mapping[str, int]
+    revision: int = 0
+    source: str = "index"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "revision": self.revision,
+                "pointers": {s: {"name": n, "version": v, "revision": self.revisions.get(s, 0)}
+                             for s, (n, v) in sorted(self.pointers.items())}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ServingIndex:
+        if d.get("format") != FORMAT:
+            raise RegistryError(f"serving index format {d.get('format')!r} is not supported (expected {FORMAT})")
+        entries = d.get("pointers") or {}
+        return cls(pointers={s: (e["name"], int(e["version"])) for s, e in entries.items()},
+                   revisions={s: int(e.get("revision", 0)) for s, e in entries.items()},
+                   revision=int(d.get("revision", 0)))
+
+
 class ModelRegistry:
     """Versioned models and per-scenario serving pointers on an :class:`ObjectStore`.
 
@@ -180,6 +215,7 @@ class ModelRegistry:
         reg.serving("AA")                                           # ('specific-AA', 1)
         model, transforms, info = reg.load(*reg.serving("AA"))      # verified, weights only
         reg.rollback("AA")                                          # agnostic v1 serves again
+        reg.serving_index().pointers                                # {'AA': ('agnostic', 1)}: one read
     """
 
     def __init__(self, store: ObjectStore):
@@ -376,6 +412,10 @@ class ModelRegistry:
     def load(self, name: str, version: int) -> tuple[Any, Any, dict[str, Any]]:
         """Download (verified) and load a model version; weights are never unpickled as objects.
 
+        The files pass through a temporary folder, in memory (``/dev/shm``) where the system has one:
+        a model folder is small and deleted as soon as it is loaded, and a service that loads a
+        thousand models spends less time on disk metadata.
+
         Returns:
             ``(model, transforms, info)`` as :func:`longtail.model_folder.load_model_dir` returns them,
             the model in eval mode on the CPU.
@@ -383,14 +423,20 @@ class ModelRegistry:
         Raises:
             UnsafeModelError: a weights file is not a plain state dict of tensors.
         """
+        import pickle
+
         from longtail.model_folder import load_model_dir
 
-        with tempfile.TemporaryDirectory(prefix="longtail-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="longtail-model-", dir=_scratch_dir()) as tmp:
             path = self.download(name, version, Path(tmp) / "model")
+            weights = path / "weights.pt"
             for f in sorted(path.rglob("*")):
-                if f.suffix in WEIGHT_SUFFIXES:
+                if f.suffix in WEIGHT_SUFFIXES and f != weights:  # weights.pt: load_model_dir reads it weights-only
                     check_weights_only(f)
-            return load_model_dir(path)
+            try:
+                return load_model_dir(path)
+            except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused an object
+                raise _unsafe(weights, e) from None
 
     # ------------------------------------------------------------------ serving pointers
     def pointer(self, scenario: str) -> ServingState:
@@ -478,14 +524,95 @@ class ModelRegistry:
                                     f"{tuple(expected)}")
             new = change(state)
             if new is None:
+                self._index_entry(scenario, state)  # a retried promote repairs an index its first try missed
                 return state
             try:
                 self.store.cas(key, etag, _dumps(new.to_dict()))
-                return new
             except ConflictError:
                 _backoff(attempt)
+                continue
+            self._index_entry(scenario, new)
+            return new
         raise ConflictError(f"scenario {scenario!r}: the serving pointer kept changing; gave up after "
                             f"{_MAX_ATTEMPTS} attempts")
+
+    # ------------------------------------------------------------------ the serving index
+    def pointer_scenarios(self) -> list[str]:
+        """The scenarios that have a serving pointer (promoted at least once), sorted (one listing)."""
+        out = []
+        for key in self.store.list("serving/"):
+            leaf = key[len("serving/"):]
+            if "/" not in leaf and leaf.endswith(".json"):
+                out.append(unquote(leaf[: -len(".json")]))
+        return sorted(out)
+
+    def serving_index(self) -> ServingIndex:
+        """Every scenario's current serving version: one read of the index object.
+
+        A registry without an index object yet is answered by reading every pointer (``source`` is
+        then ``pointers``); the index is written by the next promote or rollback, or by
+        :meth:`rebuild_serving_index`.
+        """
+        try:
+            raw = self.store.get_bytes(INDEX_KEY)
+        except NotFoundError:
+            return self._scan_pointers()
+        return ServingIndex.from_dict(json.loads(raw))
+
+    def rebuild_serving_index(self) -> ServingIndex:
+        """Rewrite the serving index from every pointer (repairs an index a crashed writer left behind).
+
+        Returns:
+            The index as written.
+        """
+        for attempt in range(_MAX_ATTEMPTS):
+            scanned = self._scan_pointers()
+            try:
+                raw, etag = self.store.get_with_etag(INDEX_KEY)
+                revision = ServingIndex.from_dict(json.loads(raw)).revision
+            except NotFoundError:
+                etag, revision = None, 0
+            index = ServingIndex(scanned.pointers, scanned.revisions, revision + 1)
+            try:
+                self.store.cas(INDEX_KEY, etag, _index_bytes(index))
+                return index
+            except ConflictError:
+                _backoff(attempt)
+        raise ConflictError(f"{self.store.uri}: the serving index kept changing; gave up after {_MAX_ATTEMPTS} attempts")
+
+    def _scan_pointers(self) -> ServingIndex:
+        pointers, revisions = {}, {}
+        for scenario in self.pointer_scenarios():
+            state = self.pointer(scenario)
+            if state.current is not None:
+                pointers[scenario], revisions[scenario] = state.current, state.revision
+        return ServingIndex(pointers, revisions, 0, source="pointers")
+
+    def _index_entry(self, scenario: str, state: ServingState) -> None:
+        """Set ``scenario``'s entry of the index to ``state`` by compare-and-swap (a newer entry wins)."""
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                raw, etag = self.store.get_with_etag(INDEX_KEY)
+                index = ServingIndex.from_dict(json.loads(raw))
+            except NotFoundError:  # the first index of this registry: every pointer, this one included
+                etag, index = None, self._scan_pointers()
+            pointers, revisions = dict(index.pointers), dict(index.revisions)
+            known = revisions.get(scenario, -1)
+            if known > state.revision or (known == state.revision and pointers.get(scenario) == state.current):
+                if etag is not None:
+                    return  # the index holds this state already, or a newer one another writer put there
+            elif state.current is None:
+                pointers.pop(scenario, None)
+                revisions.pop(scenario, None)
+            else:
+                pointers[scenario], revisions[scenario] = state.current, state.revision
+            try:
+                self.store.cas(INDEX_KEY, etag, _index_bytes(ServingIndex(pointers, revisions, index.revision + 1)))
+                return
+            except ConflictError:
+                _backoff(attempt)
+        raise ConflictError(f"{self.store.uri}: the serving index kept changing; gave up after {_MAX_ATTEMPTS} "
+                            f"attempts (the pointer of {scenario!r} is written; run rebuild_serving_index)")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -567,10 +694,20 @@ def check_weights_only(path: str | Path) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UnsafeModelError(f"{path}: refused: not a weights-only file (torch.load with weights_only=True "
-                               f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}). "
-                               "The registry only stores state dicts of tensors; save "
-                               "model.state_dict(), never a pickled module or object") from None
+        raise _unsafe(path, e) from None
+
+
+def _unsafe(path: str | Path, e: Exception) -> UnsafeModelError:
+    return UnsafeModelError(f"{path}: refused: not a weights-only file (torch.load with weights_only=True "
+                            f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                            "The registry only stores state dicts of tensors; save "
+                            "model.state_dict(), never a pickled module or object")
+
+
+def _scratch_dir() -> str | None:
+    """``/dev/shm`` when it is a writable folder (a memory file system on Linux), else the system default."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 def _model_files(model_dir: Path, exclude: Iterable[str]) -> list[str]:
@@ -635,6 +772,11 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (tuple, set, frozenset)):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _index_bytes(index: ServingIndex) -> bytes:
+    # a unique id per write: an etag never repeats (no ABA between two writers of equal content)
+    return _dumps({**index.to_dict(), "updated_at": _now(), "id": uuid.uuid4().hex})
 
 
 def _dumps(obj: Any) -> bytes:

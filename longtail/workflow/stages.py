@@ -9,7 +9,7 @@ Workspace layout (``cfg.workspace``)::
     theta0_versions/v<N>/         θ0 version N as a model folder (published, served at the fallback pointer)
     scenarios/<scenario>/<tag>/   one onboarding: theta_u/, feedback.pt, ours/ (the light model folder
                                   with its genotype pictures), result.json (written last) or failed.json
-    promotion/<tag>.json          the promotion decisions of one onboarding run
+    promotion/<scenario>.json     the scenario's latest promotion decision (champion/challenger)
     registry/                     the model registry (default)
     report/                       serving.json (what serves each scenario), report.md / report.html
 
@@ -530,7 +530,7 @@ def promote(cfg: PipelineConfig, results: list[Any], *, log=None) -> dict[str, A
     the model serving the scenario now (for a new scenario: θ0 at the fallback pointer) are scored
     with their own transforms on the same VALID rows; the pointer moves (compare-and-swap) only when
     the challenger is better by more than ``promotion.min_gain``. TEST rows are never read. The
-    decisions are written to ``promotion/<tag>.json``.
+    latest decision of each scenario is written to ``promotion/<scenario>.json``.
 
     Returns:
         ``{"promoted": {scenario: [name, version]}, "held": {scenario: reason}, "decisions": [...]}``.
@@ -540,7 +540,6 @@ def promote(cfg: PipelineConfig, results: list[Any], *, log=None) -> dict[str, A
     reg = _registry(cfg)
     floor = reg.serving(cfg.fallback_pointer)
     promoted, held, decisions = {}, {}, []
-    tags = set()
     for r in as_results(results):
         scen = r["scenario"]
         if r.get("status") == "skipped":
@@ -551,21 +550,19 @@ def promote(cfg: PipelineConfig, results: list[Any], *, log=None) -> dict[str, A
         if "light" not in r.get("registry", {}):
             held[scen] = "no light model was built"
             continue
-        tags.add(r.get("tag", ONBOARD_TAG))
         data = load_prepared(cfg, [scen])
         valid = data.rows(VALID, [scen])
         d = promote_if_better(reg, scen, tuple(r["registry"]["light"]), valid, label=data.spec.label, floor=floor,
                               min_gain=cfg.promotion.min_gain, note=f"pipeline {r.get('tag')}")
-        decisions.append(d.to_dict())
+        decisions.append({**d.to_dict(), "tag": r.get("tag", ONBOARD_TAG)})
         if d.promoted:
             promoted[scen] = [d.challenger[0], d.challenger[1]]
         else:
             held[scen] = d.reason
-    out = {"promoted": promoted, "held": held, "decisions": decisions}
-    for tag in sorted(tags) or [ONBOARD_TAG]:
-        atomic_write_json(_ws(cfg) / "promotion" / f"{tag}.json", out)
+    for d in decisions:  # each scenario's latest decision, whatever run made it
+        atomic_write_json(_ws(cfg) / "promotion" / f"{safe_name(d['scenario'])}.json", d)
     _log(log, f"promoted {len(promoted)} scenario(s); held {sorted(held)}")
-    return out
+    return {"promoted": promoted, "held": held, "decisions": decisions}
 
 
 def write_report(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
@@ -601,8 +598,8 @@ def write_report(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
     atomic_write_json(folder / "serving.json", serving)
     decisions = {}
     for path in sorted((_ws(cfg) / "promotion").glob("*.json")):
-        for d in json.loads(path.read_text()).get("decisions", []):
-            decisions[d["scenario"]] = d
+        d = json.loads(path.read_text())
+        decisions[d["scenario"]] = d
     scenarios = [r["scenario"] for r in ok]
     data = load_prepared(cfg, scenarios) if scenarios else None
     test_counts = {}
