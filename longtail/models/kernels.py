@@ -61,8 +61,11 @@ def reference_kernels():
 
 
 def fast_kernels_enabled() -> bool:
-    """False inside `reference_kernels`."""
-    return _REFERENCE == 0
+    """False inside `reference_kernels` and while a model is traced or exported (TorchScript, ONNX):
+    a graph holds the torch operations, not calls into the C library."""
+    if _REFERENCE:
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 def differentiable_backward(reference, inputs, grads):
