@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving bench-import clean
+.PHONY: pipelines-compile venv demo test test-fast lint bench-baselines bench-meta bench-nas bench-hpo bench-serving bench-import bench-train chromium clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,16 +13,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## the main job, end to end on the real flights data: bootstrap (8 initial carriers) then onboard (8 later), kfp.local, then one served request
+## the main job, end to end on the real flights data: the 6 largest carriers, bootstrap (4 initial) then onboard (2 later), kfp.local, then one served request
 demo: $(STAMP)
 	$(BIN)/longtail pipelines demo --config configs/demo.yaml
 
+## headless Chromium for the report test (Debian's chromium package)
+chromium:
+	bash scripts/install-chromium.sh
+
 ## every test tier (unit, data, model, slow)
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -q
 
 ## the quick tiers only
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
@@ -47,6 +51,10 @@ bench-hpo: $(STAMP)
 ## the serving service on loopback: light vs heavy single requests at 50/200/400 req/s (p50/p99, errors, server CPU), gRPC, forward backends, 1,000 scenarios in one service; then a schemathesis fuzz run (QUICK=1: < 2 min)
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick,)
+
+## training rows/s (heavy LSTM, BERT, light supernet, derived light) and preparation time, side by side with 5add9bb (QUICK=1: short)
+bench-train: $(STAMP)
+	$(BIN)/python bench/train.py $(if $(QUICK),--quick,)
 
 ## `longtail data import` on the flights raw files: rows/s from parquet and CSV, hourly vs per-event stamps (QUICK=1: January)
 bench-import: $(STAMP)

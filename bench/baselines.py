@@ -4,7 +4,8 @@
 * ``global_heavy_bert`` the same with the 6-layer BERT encoder (hidden 15, intermediate 32);
 * ``SinH``              one heavy LSTM model per carrier, trained on that carrier's rows only;
 * ``lgbm_global``       LightGBM on exactly the same features (the fitted transforms' tensors,
-                        sequences flattened step by step) with the carrier as a categorical feature;
+                        sequences flattened step by step) with the carrier as a categorical feature
+                        (``longtail.baselines.lightgbm_global``, as the pipeline report's reference);
 * ``lgbm_single``       LightGBM per carrier on the same features.
 
 Writes ``bench/results/baselines.{csv,md,png}`` (``--quick`` writes ``baselines_quick.*``).
@@ -20,16 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import torch
 from report import auc_bars
 
+from longtail.baselines import flatten, lightgbm_fit_predict, lightgbm_global
 from longtail.data.prepared import DataConfig, PreparedData, prepare
 from longtail.data.splits import TEST, TRAIN, VALID
 from longtail.data.tables import MANIFEST
-from longtail.data.tensors import Batch
 from longtail.data.transforms import FittedTransforms
 from longtail.io import atomic_path, atomic_write_text
 from longtail.metrics import per_scenario_auc
@@ -39,41 +39,6 @@ from longtail.train_job import evaluate_heavy, train_heavy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["global_heavy", "global_heavy_bert", "SinH", "lgbm_global", "lgbm_single"]
-
-
-def flatten(batch: Batch) -> tuple[np.ndarray, list[int]]:
-    """The model inputs as one flat table: numerics, then categoricals (indices), step by step.
-
-    Returns:
-        (features (B, F) float32, positions of the categorical columns)
-    """
-    parts = [batch.profile_num.numpy()]
-    cat_parts = [batch.profile_cat.numpy()]
-    for name in batch.seq_num:
-        B, T, _ = batch.seq_num[name].shape
-        mask = batch.seq_mask[name].numpy()
-        num = np.where(mask[..., None], batch.seq_num[name].numpy(), np.nan)  # padding is missing, not 0
-        parts += [num.reshape(B, -1), mask.sum(1, keepdims=True).astype(np.float32)]
-        cat_parts.append(batch.seq_cat[name].numpy().reshape(B, -1))
-    num = np.concatenate(parts, axis=1)
-    cat = np.concatenate(cat_parts, axis=1).astype(np.float32)
-    return np.concatenate([num, cat], axis=1), list(range(num.shape[1], num.shape[1] + cat.shape[1]))
-
-
-def lgbm_fit_predict(x_tr, y_tr, x_va, y_va, x_te, cats, rounds: int, seed: int) -> np.ndarray:
-    params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20,
-              "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "seed": seed,
-              "num_threads": 2, "verbose": -1, "deterministic": True, "force_row_wise": True}
-    if len(x_tr) < 200:
-        params.update(min_data_in_leaf=5, num_leaves=7)
-    dtr = lgb.Dataset(x_tr, y_tr, categorical_feature=cats, free_raw_data=False)
-    callbacks = []
-    valid_sets = []
-    if len(np.unique(y_va)) == 2:
-        valid_sets = [lgb.Dataset(x_va, y_va, categorical_feature=cats, reference=dtr)]
-        callbacks = [lgb.early_stopping(30, verbose=False)]
-    booster = lgb.train(params, dtr, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks)
-    return booster.predict(x_te, num_iteration=booster.best_iteration or None)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -113,29 +78,22 @@ def run(args: argparse.Namespace) -> None:
     print(f"SinH: mean AUC {np.nanmean(list(sinh.values())):.4f} in {timings['SinH']:.0f}s", flush=True)
 
     # LightGBM on the same features: the transforms fitted on all training rows (as global_heavy)
-    t = time.perf_counter()
-    tf = FittedTransforms.fit(spec, data.rows(TRAIN))
-    feats = {s: flatten(tf.transform(data.rows(s))) for s in (TRAIN, VALID, TEST)}
-    cats = feats[TRAIN][1]
-    scen_col = {s: tf.scenario_index(data.rows(s)[spec.scenario]).astype(np.float32)[:, None] for s in feats}
-    y = {s: data.rows(s)[spec.label].to_numpy() for s in feats}
-    x = {s: np.concatenate([feats[s][0], scen_col[s]], axis=1) for s in feats}
-    p = lgbm_fit_predict(x[TRAIN], y[TRAIN], x[VALID], y[VALID], x[TEST], cats + [x[TRAIN].shape[1] - 1],
-                         args.rounds, args.seed)
-    per = per_scenario_auc(data.rows(TEST)[spec.scenario], y[TEST], p)
-    columns["lgbm_global"] = per.set_index("scenario")["auc"]
-    timings["lgbm_global"] = time.perf_counter() - t
-    print(f"lgbm_global: mean AUC {per['auc'].mean():.4f} in {timings['lgbm_global']:.0f}s", flush=True)
+    lgbm = lightgbm_global(data, scenarios, rounds=args.rounds, seed=args.seed, num_threads=2)
+    columns["lgbm_global"] = lgbm.per_scenario.set_index("scenario")["auc"]
+    timings["lgbm_global"] = lgbm.seconds
+    print(f"lgbm_global: mean AUC {lgbm.per_scenario['auc'].mean():.4f} in {timings['lgbm_global']:.0f}s", flush=True)
+    splits = (TRAIN, VALID, TEST)
+    y = {s: data.rows(s)[spec.label].to_numpy() for s in splits}
 
     t = time.perf_counter()
     single = {}
-    scen_of = {s: data.rows(s)[spec.scenario].astype(str).to_numpy() for s in feats}
+    scen_of = {s: data.rows(s)[spec.scenario].astype(str).to_numpy() for s in splits}
     for scen in scenarios:
-        sel = {s: scen_of[s] == scen for s in feats}
+        sel = {s: scen_of[s] == scen for s in splits}
         tf_s = FittedTransforms.fit(spec, data.rows(TRAIN, [scen]))  # as SinH: fitted on the carrier's rows
-        fs = {s: flatten(tf_s.transform(data.rows(s, [scen])))[0] for s in feats}
-        p = lgbm_fit_predict(fs[TRAIN], y[TRAIN][sel[TRAIN]], fs[VALID], y[VALID][sel[VALID]], fs[TEST], cats,
-                             args.rounds, args.seed)
+        fs = {s: flatten(tf_s.transform(data.rows(s, [scen]))) for s in splits}
+        (p,), _ = lightgbm_fit_predict(fs[TRAIN][0], y[TRAIN][sel[TRAIN]], fs[VALID][0], y[VALID][sel[VALID]],
+                                       [fs[TEST][0]], fs[TRAIN][1], args.rounds, args.seed, num_threads=2)
         single[scen] = per_scenario_auc(np.full(len(p), scen), y[TEST][sel[TEST]], p)["auc"].iloc[0]
     columns["lgbm_single"] = pd.Series(single)
     timings["lgbm_single"] = time.perf_counter() - t

@@ -37,8 +37,9 @@ def promote_models(config: dict, results: list[str], theta0_version: int, metric
 @dsl.component(base_image=project_image(), install_kfp_package=False)
 def package_bento(config: dict, promotion: str, metrics: Output[Metrics], report: Output[HTML]) -> str:
     """Build the serving Bento (`serving.bento.build_bento`: the service with the registry as its
-    configuration) and write the workspace's report (what serves each scenario, AUC table, FLOPs,
-    latency, promotion decisions, architecture pictures).
+    configuration) and write the workspace's report (`longtail.workflow.stages.write_report`: mean AUC
+    per strategy with bootstrap intervals, FLOPs, latency, time per stage, plots, per-scenario
+    sections); the report is this step's HTML artifact and its summary numbers its Metrics.
 
     Args:
         config: the stages' config.
@@ -62,6 +63,6 @@ def package_bento(config: dict, promotion: str, metrics: Output[Metrics], report
                                bentoml_home=home)
     out["bentoml_home"] = home
     print(f"bento: {out['bento']} in {home}")
-    ks.log_metrics(metrics, {"scenarios": out["scenarios"], "failed": len(out["failed"])})
+    ks.log_metrics(metrics, {"scenarios": out["scenarios"], "failed": len(out["failed"]), **out["summary"]})
     ks.write_text(report.path, Path(out["report_html"]).read_text())
     return json.dumps(out)

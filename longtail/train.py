@@ -200,9 +200,40 @@ def fit(
             state.update(best_auc=start, best_epoch=0)
             state["history"].append(record)
 
+    tune_allocator()
     with torch_threads(cfg.threads):
         return _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resumed_from, ckpt_path,
                            loss_fn, on_epoch, show_progress, description, valid_score)
+
+
+_MALLOC_TUNED = False
+
+
+def tune_allocator() -> None:
+    """Keep freed training buffers in the process's heap instead of returning them to the OS (glibc).
+
+    A training step allocates the same tens of megabytes of activations every time; with glibc's
+    defaults every large block is a fresh ``mmap``, so each step pays page faults for it. Raising
+    the ``mmap`` and trim thresholds (once per process) lets the next step reuse the memory. Off with
+    ``LONGTAIL_MALLOC_TUNING=0``; a no-op outside glibc.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    if os.environ.get("LONGTAIL_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: its maximum on 64-bit glibc
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 @contextmanager

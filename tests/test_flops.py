@@ -2,10 +2,11 @@
 
 The counter and our convention both count 2 FLOPs per multiply-add of matrix products and
 nothing else, so they must agree exactly wherever the counter sees the products: linear layers
-(profile MLP, head), our attention (explicit matmuls) and the LSTM. The LSTM's fused CPU kernel
-(oneDNN) is invisible to the counter (it reports 0); with ``torch.backends.mkldnn.flags(
-enabled=False)`` the LSTM decomposes into addmm/mm per step and the counter sees every gate
-product, so every comparison runs under that flag. The LSTM formula is also checked against the
+(profile MLP, head), our attention (explicit matmuls) and the LSTM. The models' fast CPU paths
+(the wavefront LSTM and fused attention of `longtail.models.kernels`, and oneDNN's fused LSTM) are
+invisible to the counter, so every comparison runs the reference implementations
+(``reference_kernels()``, with ``torch.backends.mkldnn.flags(enabled=False)``: the LSTM then
+decomposes into addmm/mm per step and the counter sees every gate product). The LSTM formula is also checked against the
 hand-computed figure of ``reference/ALGORITHMS.md`` (nn.LSTM(15, 15), T = 128: 460,800).
 """
 
@@ -29,6 +30,7 @@ from longtail.models import (
     encoder_flops,
     list_encoders,
 )
+from longtail.models.kernels import reference_kernels
 
 ENCODERS = list_encoders()
 
@@ -66,7 +68,8 @@ def counted(fn) -> int:
     """FLOPs the counter sees while ``fn()`` runs, with the LSTM's fused kernel off."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # torch noise
-        with torch.backends.mkldnn.flags(enabled=False), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with reference_kernels(), torch.backends.mkldnn.flags(enabled=False), torch.no_grad(), \
+                FlopCounterMode(display=False) as fc:
             fn()
     return fc.get_total_flops()
 
@@ -105,12 +108,13 @@ def test_encoder_flops_equal_counter(name):
 
 @pytest.mark.unit
 def test_fused_lstm_is_invisible_or_exact():
-    """With oneDNN on, the counter reports 0 for the fused LSTM on CPU builds (or, elsewhere, the formula)."""
+    """With oneDNN on, the counter reports 0 for nn.LSTM's fused kernel on CPU builds (or, elsewhere, the formula)."""
     enc = LSTMEncoder(input_size=5, hidden_size=6, num_layers=2).eval()
     x, mask = torch.randn(1, 9, 5), torch.ones(1, 9, dtype=torch.bool)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        with torch.backends.mkldnn.flags(enabled=True), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with reference_kernels(), torch.backends.mkldnn.flags(enabled=True), torch.no_grad(), \
+                FlopCounterMode(display=False) as fc:
             enc(x, mask)
     assert fc.get_total_flops() in (0, enc.flops(9))
 

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from longtail.data.tensors import Batch, InputSchema, SequenceSchema
 from longtail.models.flops import count_flops
 from longtail.models.heavy import HeavyConfig, build_model, step_input_size
+from longtail.models.kernels import reference_kernels
 from longtail.nas import (
     ArchSpace,
     Decision,
@@ -124,7 +125,7 @@ def test_op_shape_mask_and_flops(name):
     y_r = op(h_r, mask_r)
     assert torch.allclose(y_r[mask_r], y[mask], atol=1e-5)
     # analytical FLOPs == the counter (it counts conv, linear, explicit matmuls, unfused LSTM)
-    with torch.backends.mkldnn.flags(enabled=False):
+    with reference_kernels(), torch.backends.mkldnn.flags(enabled=False):
         counter = FlopCounterMode(display=False)
         with counter:
             op(torch.randn(1, T, H), torch.ones(1, T, dtype=torch.bool))
@@ -145,7 +146,7 @@ def test_light_encoder_ignores_padding_and_counts_flops():
         noisy = torch.where(mask.unsqueeze(-1), x, 100 * torch.randn_like(x))
         assert y.shape == (4, 6) and torch.isfinite(y).all()
         assert torch.allclose(enc(noisy, mask), y, atol=1e-5), genotype
-        with torch.backends.mkldnn.flags(enabled=False):
+        with reference_kernels(), torch.backends.mkldnn.flags(enabled=False):
             counter = FlopCounterMode(display=False)
             with counter:
                 enc(torch.randn(1, 8, 4), torch.ones(1, 8, dtype=torch.bool))

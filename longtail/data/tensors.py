@@ -82,6 +82,8 @@ class Batch:
         seq_mask: name -> (B, T) bool, True at real steps. A row may have no step at all.
         label: (B,) float32 in {0, 1}.
         scenario: (B,) int64 scenario index (into the transforms' scenario list).
+        teacher_logits: (B,) float32 logits of a distillation teacher on these rows, computed once
+            for all epochs (`longtail.nas.distill.with_teacher_logits`), or ``None``.
     """
 
     profile_num: torch.Tensor
@@ -91,6 +93,7 @@ class Batch:
     seq_mask: dict[str, torch.Tensor]
     label: torch.Tensor
     scenario: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -99,7 +102,8 @@ class Batch:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
+            if v is not None:
+                out[f.name] = {k: fn(t) for k, t in v.items()} if isinstance(v, dict) else fn(v)
         return replace(self, **out)
 
     def index(self, idx: torch.Tensor | slice) -> Batch:
@@ -111,11 +115,14 @@ class Batch:
 
     @staticmethod
     def concat(batches: list[Batch]) -> Batch:
+        """The rows of ``batches`` one after the other (``teacher_logits`` kept only when every batch has them)."""
         first = batches[0]
         out = {}
         for f in fields(first):
             v = getattr(first, f.name)
-            if isinstance(v, dict):
+            if any(getattr(b, f.name) is None for b in batches):
+                out[f.name] = None
+            elif isinstance(v, dict):
                 out[f.name] = {k: torch.cat([getattr(b, f.name)[k] for b in batches]) for k in v}
             else:
                 out[f.name] = torch.cat([getattr(b, f.name) for b in batches])

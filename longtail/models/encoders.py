@@ -22,9 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from longtail.models.dropout import Dropout, DropoutKey, new_key
+from longtail.models.fused import LayerNorm, zero_padding
+from longtail.models.kernels import differentiable_backward, fast_kernels_enabled, native_kernels
+from longtail.models.recurrent import lstm_stack
 from longtail.models.registry import register_encoder
 
-__all__ = ["BehaviorEncoder", "BertEncoder", "LSTMEncoder", "MultiHeadSelfAttention", "masked_mean"]
+__all__ = ["BehaviorEncoder", "BertEncoder", "LSTMEncoder", "MultiHeadSelfAttention", "attend", "masked_mean"]
 
 
 class BehaviorEncoder(nn.Module, abc.ABC):
@@ -73,17 +77,19 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # masked_fill rather than a product: NaN or inf at padding must not leak either
-    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
+    # a select rather than a product: NaN or inf at padding must not leak either
+    return zero_padding(x, mask)
 
 
 @register_encoder("lstm")
 class LSTMEncoder(BehaviorEncoder):
     """Stacked LSTM; the output is the top layer's hidden state after the newest real step.
 
-    Real steps are first moved to the front of each row (order kept), then packed, so that the
-    LSTM reads exactly the real steps whatever the padding side. A row without real steps is
-    given length 1 (pack needs it) and its output is replaced by zeros.
+    Real steps are first moved to the front of each row (order kept), so that the output is the
+    state after each row's last real step whatever the padding side (an LSTM is causal: the steps
+    after it never reach it). On the CPU the stack runs as the wavefront kernel of
+    `longtail.models.recurrent` (the same function as ``nn.LSTM``, several times faster on these
+    sizes); on CUDA the rows are packed for cuDNN. A row without real steps gives zeros.
 
     Args:
         input_size: width of one embedded step.
@@ -117,6 +123,11 @@ class LSTMEncoder(BehaviorEncoder):
         order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, T)
         x = x.gather(1, order.unsqueeze(-1).expand(B, T, D))  # (B, T, D) real steps at the front
         lengths = mask.sum(dim=1)  # (B,)
+        if not x.is_cuda and fast_kernels_enabled():
+            steps = max(int(lengths.max()), 1) if B else 1  # no step after the longest row's last
+            top = lstm_stack(self.lstm, x[:, :steps].permute(1, 2, 0))  # (T', H, B)
+            h = top[(lengths - 1).clamp(min=0), :, torch.arange(B, device=x.device)]  # (B, H) at each last step
+            return torch.where((lengths > 0).unsqueeze(-1), h, torch.zeros_like(h))
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         _, (h_n, _) = self.lstm(packed)  # h_n: (L, B, H), rows in the input order
         h = h_n[-1]  # (B, H)
@@ -133,7 +144,13 @@ class LSTMEncoder(BehaviorEncoder):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention written with explicit matmuls (deterministic, countable).
+    """Multi-head self-attention over real keys (deterministic, countable).
+
+    On the CPU (float32) the scores, key mask, softmax, dropout of the probabilities and weighted
+    values run as one fused kernel (`longtail.models.kernels`: heads this small, 5 wide, are
+    dominated by per-operation overhead as separate products); elsewhere, and inside
+    `longtail.models.kernels.reference_kernels`, as explicit matrix products. Both compute the
+    same function with the same dropout masks.
 
     Args:
         hidden_size: model width ``H``.
@@ -150,7 +167,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.head_dim = hidden_size // num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """Attend over the real steps only.
@@ -162,19 +179,14 @@ class MultiHeadSelfAttention(nn.Module):
         Returns:
             (B, T, H).
         """
-        B, T, H = h.shape
-        nh, hd = self.num_heads, self.head_dim
-        q, k, v = self.qkv(h).split(H, dim=-1)  # 3 x (B, T, H)
-        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, nh, hd).transpose(1, 2)
-        v = v.view(B, T, nh, hd).transpose(1, 2)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, T, T)
-        # a finite minimum, not -inf: a row with no real key then gets a uniform (finite) softmax
-        # instead of NaN, and a masked key's weight underflows to exactly 0 in any other row
-        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        probs = self.dropout(torch.softmax(scores, dim=-1))  # (B, nh, T, T)
-        ctx = probs @ v  # (B, nh, T, hd)
-        ctx = ctx.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        qkv = self.qkv(h)  # (B, T, 3H)
+        p = self.dropout.p if self.training else 0.0
+        key = new_key(p) if p > 0 else None
+        if (qkv.dtype == torch.float32 and qkv.device.type == "cpu" and fast_kernels_enabled()
+                and native_kernels() is not None):
+            ctx = _FusedAttention.apply(qkv, key_mask, self.num_heads, key)  # (B, T, H)
+        else:
+            ctx = attend(qkv, key_mask, self.num_heads, key)
         return self.out(ctx)
 
     def flops(self, seq_len: int) -> int:
@@ -183,17 +195,80 @@ class MultiHeadSelfAttention(nn.Module):
         return 2 * T * H * 3 * H + 2 * T * T * H + 2 * T * T * H + 2 * T * H * H
 
 
+def attend(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int, key: DropoutKey | None) -> torch.Tensor:
+    """Multi-head attention over real keys from the projections, as explicit products.
+
+    Args:
+        qkv: (B, T, 3H) the q, k and v projections side by side.
+        key_mask: (B, T) bool, True at real steps.
+        num_heads: heads (dividing H).
+        key: the dropout mask of the probabilities, or ``None``.
+
+    Returns:
+        (B, T, H) the heads' weighted values side by side.
+    """
+    B, T, G = qkv.shape
+    H, nh = G // 3, num_heads
+    hd = H // nh
+    q, k, v = qkv.split(H, dim=-1)  # 3 x (B, T, H)
+    q = (q * (1.0 / math.sqrt(hd))).view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd), scaled here:
+    k = k.view(B, T, nh, hd).transpose(1, 2)  # T/hd times fewer values than the scores
+    v = v.view(B, T, nh, hd).transpose(1, 2)
+    scores = q @ k.transpose(-2, -1)  # (B, nh, T, T)
+    # a finite minimum, not -inf: a row with no real key then gets a uniform (finite) softmax
+    # instead of NaN, and a masked key's weight underflows to exactly 0 in any other row
+    scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)  # (B, nh, T, T)
+    if key is not None:
+        probs = probs * key.factors(probs.numel(), dtype=probs.dtype, device=probs.device).view(probs.shape)
+    ctx = probs @ v  # (B, nh, T, hd)
+    return ctx.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """``MultiHeadSelfAttention._attend`` as the native kernels ``attention_forward`` / ``_backward``."""
+
+    @staticmethod
+    def forward(ctx, qkv, key_mask, num_heads, key):
+        B, T, G = qkv.shape
+        H = G // 3
+        qkv = qkv.contiguous()
+        keys = key_mask.to(torch.uint8).contiguous()
+        out = qkv.new_empty(B, T, H)
+        probs = qkv.new_empty(B, num_heads, T, T)
+        drop = (1, key.key, key.threshold, key.scale) if key is not None else (0, 0, 0, 1.0)
+        native_kernels().attention_forward(B, T, num_heads, H // num_heads, qkv.data_ptr(), keys.data_ptr(),
+                                           out.data_ptr(), probs.data_ptr(), *drop)
+        ctx.save_for_backward(qkv, keys, probs)
+        ctx.num_heads, ctx.drop, ctx.key, ctx.mask = num_heads, drop, key, key_mask
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qkv, keys, probs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a second-order gradient: through the explicit products, as a graph
+            (g,) = differentiable_backward(lambda q: attend(q, ctx.mask, ctx.num_heads, ctx.key), (qkv,), grad)
+            return g, None, None, None
+        B, T, G = qkv.shape
+        grad = grad.contiguous()
+        grad_qkv = torch.empty_like(qkv)
+        native_kernels().attention_backward(B, T, ctx.num_heads, G // 3 // ctx.num_heads, qkv.data_ptr(),
+                                            keys.data_ptr(), probs.data_ptr(), grad.data_ptr(), grad_qkv.data_ptr(),
+                                            *ctx.drop)
+        return grad_qkv, None, None, None
+
+
 class _BertLayer(nn.Module):
     """Post-LN Transformer block: ``LN(h + attn(h))`` then ``LN(h + FFN(h))``."""
 
     def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, dropout: float):
         super().__init__()
         self.attention = MultiHeadSelfAttention(hidden_size, num_heads, dropout)
-        self.attn_norm = nn.LayerNorm(hidden_size)
+        self.attn_norm = LayerNorm(hidden_size)
         self.ffn_in = nn.Linear(hidden_size, intermediate_size)
         self.ffn_out = nn.Linear(intermediate_size, hidden_size)
-        self.ffn_norm = nn.LayerNorm(hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.ffn_norm = LayerNorm(hidden_size)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.attn_norm(h + self.dropout(self.attention(h, mask)))  # (B, T, H)
@@ -254,8 +329,8 @@ class BertEncoder(BehaviorEncoder):
         self.input_proj = nn.Linear(input_size, hidden_size)
         self.position = nn.Embedding(max_length, hidden_size)
         nn.init.normal_(self.position.weight, std=0.02)  # BERT's initialiser range
-        self.embed_norm = nn.LayerNorm(hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.embed_norm = LayerNorm(hidden_size)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(
             _BertLayer(hidden_size, num_heads, intermediate_size, dropout) for _ in range(num_layers)
         )

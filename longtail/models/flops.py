@@ -11,9 +11,11 @@ Convention (used for every operation in this package):
 - sequence encoders are counted at the padded length ``T = max_length``: serving pads to it, so
   this is the per-sample cost a budget must hold for the longest history.
 
-``FlopCounterMode`` agrees exactly on linear layers and on our attention (explicit matmuls), and
-on LSTMs when their fused CPU kernel is off (``torch.backends.mkldnn.flags(enabled=False)``);
-with the fused kernel it reports 0, which is why budgets use these formulas, not the counter.
+``FlopCounterMode`` agrees exactly with the reference implementations
+(`longtail.models.kernels.reference_kernels`): linear layers, our attention (explicit matmuls),
+and LSTMs when oneDNN's fused kernel is off (``torch.backends.mkldnn.flags(enabled=False)``). It
+cannot see inside fused kernels (ours or oneDNN's), which is why budgets use these formulas, not
+the counter.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from longtail.data.tensors import PAD_INDEX, Batch, InputSchema, SequenceSchema
+from longtail.models.dropout import Dropout
+from longtail.models.fused import zero_padding
 from longtail.models.registry import create_encoder, encoder_class, encoder_parameters
 
 __all__ = [
@@ -197,7 +199,7 @@ def step_input_size(seq: SequenceSchema, config: HeavyConfig) -> int:
 
 
 def mlp(in_size: int, dims: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
-    """``Linear -> ReLU -> Dropout`` per width in ``dims``.
+    """``Linear -> ReLU -> Dropout`` per width in ``dims`` (`longtail.models.dropout.Dropout`).
 
     Args:
         in_size: input width.
@@ -211,7 +213,7 @@ def mlp(in_size: int, dims: Sequence[int], dropout: float = 0.0) -> nn.Sequentia
     for d in dims:
         layers += [nn.Linear(in_size, d), nn.ReLU()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         in_size = d
     return nn.Sequential(*layers)
 
@@ -290,7 +292,7 @@ class SequenceEncoder(nn.Module):
         """Args: seq_num (B, T, Fn), seq_cat (B, T, Fc), mask (B, T). Returns: (B, output_size)."""
         parts = [emb(seq_cat[..., i]) for i, emb in enumerate(self.step_embeddings)]  # Fc x (B, T, E_i)
         x = torch.cat([*parts, seq_num], dim=-1)  # (B, T, D_in)
-        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # encoders mask too; this keeps NAS encoders safe
+        x = zero_padding(x, mask)  # encoders mask too; this keeps NAS encoders safe
         return self.encoder(x, mask)  # (B, H)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from longtail.data.tensors import InputSchema
 from longtail.models.encoders import BehaviorEncoder, masked_mean
+from longtail.models.fused import LayerNorm, zero_padding
 from longtail.models.genotype import Genotype, LayerGene
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
 from longtail.models.ops import create_op, op_flops
@@ -91,7 +92,7 @@ class _LightLayer(nn.Module):
     def __init__(self, op: str, hidden_size: int, num_heads: int):
         super().__init__()
         self.op = create_op(op, hidden_size, num_heads)
-        self.norm = nn.LayerNorm(hidden_size)
+        self.norm = LayerNorm(hidden_size)
 
 
 class LightEncoder(BehaviorEncoder):
@@ -123,13 +124,12 @@ class LightEncoder(BehaviorEncoder):
         self.readout = AttentiveSum(H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keep = mask.unsqueeze(-1)  # (B, T, 1)
-        nodes = [self.proj(x.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)]  # node 0: (B, T, H)
+        nodes = [zero_padding(self.proj(zero_padding(x, mask)), mask)]  # node 0: (B, T, H)
         for gene, layer in zip(self.genotype.layers, self.layers, strict=True):
             out = layer.op(nodes[gene.input], mask)  # (B, T, H)
             for r in gene.residual:
                 out = out + nodes[r]
-            nodes.append(layer.norm(out).masked_fill(~keep, 0.0))
+            nodes.append(zero_padding(layer.norm(out), mask))
         return self.readout(nodes[1:], mask)  # (B, H)
 
     def flops(self, seq_len: int) -> int:

@@ -31,6 +31,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from longtail.models.encoders import MultiHeadSelfAttention
+from longtail.models.fused import zero_padding
+from longtail.models.kernels import fast_kernels_enabled
+from longtail.models.recurrent import lstm_stack
 
 __all__ = ["OpSpec", "UnknownOpError", "create_op", "list_ops", "op_flops", "register_op"]
 
@@ -114,7 +117,7 @@ def op_flops(name: str, seq_len: int, hidden_size: int) -> int:
 
 def _zero(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # masked_fill, not a product: inf or NaN at padding must not leak either
-    return h.masked_fill(~mask.unsqueeze(-1), 0.0)
+    return zero_padding(h, mask)
 
 
 class Conv(nn.Module):
@@ -169,8 +172,9 @@ class MaxPool(nn.Module):
 class Recurrent(nn.Module):
     """Unidirectional LSTM ``H -> H`` over the real steps only, one output per real step.
 
-    Real steps are moved to the front of each row (order kept) and packed; outputs are put
-    back at the steps they came from, so left and right padding give the same outputs.
+    Real steps are moved to the front of each row (order kept), run through the LSTM (on the CPU
+    the wavefront kernel of `longtail.models.recurrent`, on CUDA packed for cuDNN) and put back at
+    the steps they came from, so left and right padding give the same outputs.
     """
 
     def __init__(self, hidden_size: int):
@@ -182,6 +186,10 @@ class Recurrent(nn.Module):
         order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, T) real steps first
         index = order.unsqueeze(-1).expand(B, T, H)
         x = _zero(h, mask).gather(1, index)  # (B, T, H)
+        if not x.is_cuda and fast_kernels_enabled():  # the CPU wavefront kernel (causal: steps after a row's last real one never reach it)
+            y = lstm_stack(self.lstm, x.permute(1, 2, 0)).permute(2, 0, 1)  # (B, T, H) real steps first
+            y = torch.zeros_like(y).scatter(1, index, y)  # back to the original steps
+            return _zero(y, mask)
         lengths = mask.sum(dim=1).clamp(min=1).cpu()  # pack needs >= 1; empty rows are zeroed below
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)

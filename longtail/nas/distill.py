@@ -10,6 +10,7 @@ Temperature scaling: we follow Eq. 5 as written and do **not** multiply the soft
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,8 @@ from longtail.models.genotype import Genotype
 from longtail.models.heavy import HeavyConfig
 from longtail.train import TrainConfig, TrainResult, fit
 
-__all__ = ["distill_loss", "distill_loss_fn", "inherit_shared_parts", "teacher_logits", "train_light"]
+__all__ = ["distill_loss", "distill_loss_fn", "inherit_shared_parts", "teacher_logits", "train_light",
+           "with_teacher_logits"]
 
 
 @dataclass(frozen=True)
@@ -72,18 +74,33 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
 
 
 def distill_loss_fn(teacher: nn.Module, delta: float = 1.0, temperature: float = 1.0):
-    """``fit``'s ``loss_fn`` for Eq. 5: the teacher scores each training batch, then ``distill_loss``.
+    """``fit``'s ``loss_fn`` for Eq. 5 against ``teacher`` (in eval mode, as the callers put it).
 
-    The teacher runs on each batch (``fit`` shuffles rows; this keeps its logits aligned with them),
-    without gradients, on the batch's device.
+    A batch that carries ``teacher_logits`` (`with_teacher_logits`: computed once for every epoch;
+    ``fit`` shuffles them with their rows) is scored with them; otherwise the teacher scores the
+    batch, without gradients, on the batch's device.
     """
 
     def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            t = teacher.to(batch.label.device)(batch)  # (B,)
+        t = batch.teacher_logits
+        if t is None:
+            with torch.no_grad():
+                t = teacher.to(batch.label.device)(batch)  # (B,)
         return distill_loss(student(batch), t, batch.label, delta, temperature)
 
     return loss_fn
+
+
+def with_teacher_logits(teacher: nn.Module, batch: Batch) -> Batch:
+    """``batch`` carrying the teacher's logits of its rows (kept when it already carries some).
+
+    The teacher is in eval mode (no dropout), so its logits do not change between epochs: computing
+    them once per set of rows gives the same loss as scoring every batch of every epoch, for a
+    fraction of the teacher passes.
+    """
+    if batch.teacher_logits is not None:
+        return batch
+    return dataclasses.replace(batch, teacher_logits=teacher_logits(teacher, batch))
 
 
 @torch.no_grad()
@@ -166,5 +183,5 @@ def train_light(genotypes: Mapping[str, Genotype], schema: InputSchema, config: 
     if teacher is None:
         return model, fit(model, train, valid, train_cfg, **fit_kwargs)
     teacher.eval()
-    return model, fit(model, train, valid, train_cfg, loss_fn=distill_loss_fn(teacher, delta, temperature),
-                      **fit_kwargs)
+    return model, fit(model, with_teacher_logits(teacher, train), valid, train_cfg,
+                      loss_fn=distill_loss_fn(teacher, delta, temperature), **fit_kwargs)

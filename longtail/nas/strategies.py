@@ -46,6 +46,7 @@ from longtail.nas.distill import (
     inherit_shared_parts,
     teacher_logits,
     train_light,
+    with_teacher_logits,
 )
 from longtail.nas.draw import draw_genotype
 from longtail.nas.supernet import SearchConfig, build_supernet_model, search
@@ -137,15 +138,18 @@ def transfer_batch(teacher: nn.Module, rows: ScenarioRows, n_rows: int, seed: in
     batch = rows.others(split, n_rows, seed)
     if batch is None:
         return None
-    return dataclasses.replace(batch, label=torch.sigmoid(teacher_logits(teacher, batch)).float())
+    logits = teacher_logits(teacher, batch)
+    return dataclasses.replace(batch, label=torch.sigmoid(logits).float(), teacher_logits=logits)
 
 
 def _training_rows(teacher: nn.Module, rows: ScenarioRows, n_transfer: int, seed: int) -> tuple[Batch, int]:
-    """The scenario's TRAIN rows plus a transfer set; returns ``(rows, transfer row count)``."""
+    """The scenario's TRAIN rows plus a transfer set, carrying θu's logits (computed once here, for every
+    epoch of the training and the search); returns ``(rows, transfer row count)``."""
+    own = with_teacher_logits(teacher, rows.train)
     extra = transfer_batch(teacher, rows, n_transfer, seed)
     if extra is None:
-        return rows.train, 0
-    return Batch.concat([rows.train, extra]), len(extra)
+        return own, 0
+    return Batch.concat([own, extra]), len(extra)
 
 
 def _evaluate(model: nn.Module, rows: ScenarioRows, repeats: int) -> tuple[float, dict[str, int], float]:
@@ -269,7 +273,7 @@ def _ours_once(teacher_model: nn.Module, rows: ScenarioRows, model_cfg: HeavyCon
     supernet.to(resolve_device(light_cfg.train.device))
     with torch_threads(light_cfg.train.threads):
         searched = search(supernet, train_rows, arch_split, search_cfg,
-                          teacher_train=teacher_logits(teacher_model, train_rows),
+                          teacher_train=train_rows.teacher_logits,
                           teacher_valid=teacher_logits(teacher_model, arch_split), budget=budget,
                           distill=light_cfg.distill)
     derivation = derive(supernet, budget)

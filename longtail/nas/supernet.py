@@ -30,11 +30,13 @@ from torch import nn
 
 from longtail.data.tensors import Batch, InputSchema
 from longtail.models.flops import linear_flops
+from longtail.models.fused import LayerNorm, zero_padding
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
 from longtail.models.light import AttentiveSum, encoder_fixed_flops, genotype_flops
 from longtail.models.ops import create_op, op_flops
 from longtail.nas.distill import DistillConfig, distill_loss
 from longtail.nas.space import ArchSpace, Genotype, LayerGene
+from longtail.train import tune_allocator
 
 __all__ = [
     "SearchConfig",
@@ -80,7 +82,7 @@ class _SuperLayer(nn.Module):
     def __init__(self, ops: tuple[str, ...], hidden_size: int, num_heads: int):
         super().__init__()
         self.ops = nn.ModuleDict({name: create_op(name, hidden_size, num_heads) for name in ops})
-        self.norm = nn.LayerNorm(hidden_size)
+        self.norm = LayerNorm(hidden_size)
 
 
 class SuperEncoder(nn.Module):
@@ -125,8 +127,7 @@ class SuperEncoder(nn.Module):
         return one_hot, index
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keep = mask.unsqueeze(-1)  # (B, T, 1)
-        nodes = [self.proj(x.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)]  # node 0: (B, T, H)
+        nodes = [zero_padding(self.proj(zero_padding(x, mask)), mask)]  # node 0: (B, T, H)
         genes = []
         for i, layer in enumerate(self.layers):
             w_in, j = self._choose(self.alpha_input[i])
@@ -139,7 +140,7 @@ class SuperEncoder(nn.Module):
                 out = out + w_r[1] * nodes[r]  # value: 0 or 1 times the node; gradient reaches alpha either way
                 if on:
                     residual.append(r)
-            nodes.append(layer.norm(out).masked_fill(~keep, 0.0))
+            nodes.append(zero_padding(layer.norm(out), mask))
             genes.append(LayerGene(op, j, tuple(residual)))
         self.last_genotype = Genotype(tuple(genes), self.space.hidden_size, self.space.num_heads)
         return self.readout(nodes[1:], mask)  # (B, H)
@@ -308,6 +309,7 @@ def search(model: HeavyModel, train: Batch, valid: Batch, cfg: SearchConfig, *,
         The ``SearchResult``.
     """
     distill = distill or DistillConfig()
+    tune_allocator()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     arch, weights = arch_parameters(model), weight_parameters(model)

@@ -56,6 +56,10 @@ class PromotionConfig:
     min_gain: float = 0.0
 
 
+# references computed over every scenario when the report is written (not by an onboarding)
+REPORT_REFERENCES = ("LightGBM",)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Settings of every stage of the bootstrap, onboard and retrain pipelines.
@@ -76,8 +80,9 @@ class PipelineConfig:
             vs NAS heavy, the better on VALID rows kept, ``theta0_choice``).
         theta0_choice: the HPO and NAS settings of ``theta0: choose``.
         recipe: every onboarding setting (`longtail.onboarding.Recipe`: a named preset, overridable).
-        references: reference models each onboarding also trains for the report (``MeL``, ``SinH``);
-            a production onboarding needs none.
+        references: reference models trained for the report only: ``MeL`` and ``SinH`` by each
+            onboarding, ``LightGBM`` (one LightGBM over every scenario, the scenario as a feature,
+            `longtail.baselines.lightgbm_global`) when the report is written; a production run needs none.
         promotion: champion/challenger promotion of the light models.
         fallback_pointer: the serving pointer of θ0, which answers scenarios without a model of their
             own (the serving config's ``fallback_pointer``).
@@ -105,9 +110,9 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         from longtail.onboarding import REFERENCES
 
-        bad = sorted(set(self.references) - set(REFERENCES))
+        bad = sorted(set(self.references) - set(REFERENCES) - set(REPORT_REFERENCES))
         if bad:
-            raise ValueError(f"references {bad}: use any of {list(REFERENCES)}")
+            raise ValueError(f"references {bad}: use any of {[*REFERENCES, *REPORT_REFERENCES]}")
         if self.max_rows_per_scenario < 0:
             raise ValueError(f"max_rows_per_scenario is {self.max_rows_per_scenario}; use 0 (every row) or more")
         if self.parallelism < 1:
@@ -202,8 +207,36 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class DemoConfig:
+    """Which scenarios `longtail pipelines demo` runs through the pipelines.
+
+    Args:
+        scenarios: how many scenarios the demo runs: those with the most labelled events (0: every
+            scenario of the table set).
+        initial: how many of them bootstrap θ0, drawn at random with the recipe's meta seed (the
+            paper's protocol); the others arrive later and go through the onboard pipeline.
+    """
+
+    scenarios: int = 0
+    initial: int = 8
+
+    def __post_init__(self) -> None:
+        if self.scenarios < 0 or self.initial < 1:
+            raise ValueError(f"demo: scenarios {self.scenarios} (0 or more) and initial {self.initial} (1 or more)")
+        if self.scenarios and self.initial >= self.scenarios:
+            raise ValueError(f"demo: initial {self.initial} leaves none of the {self.scenarios} scenarios to arrive later")
+
+    def choose(self, events_per_scenario: dict[str, int]) -> list[str]:
+        """The scenarios the demo runs, sorted by name."""
+        ranked = sorted(events_per_scenario, key=lambda s: (-events_per_scenario[s], s))
+        return sorted(ranked[: self.scenarios] if self.scenarios else ranked)
+
+
+@dataclass(frozen=True)
 class PipelinesJobConfig:
-    """The ``longtail pipelines`` config file: the stages' settings and the cluster placement."""
+    """The ``longtail pipelines`` config file: the stages' settings, the cluster placement and what
+    the demo runs."""
 
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)

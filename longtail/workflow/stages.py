@@ -51,12 +51,12 @@ import pandas as pd
 
 from longtail.data.prepared import PreparedData
 from longtail.data.scenario_rows import ScenarioRows
-from longtail.data.splits import VALID, assign_split
+from longtail.data.splits import TEST, VALID, assign_split
 from longtail.io import atomic_path, atomic_write_json, atomic_write_text, safe_name
 from longtail.model_folder import save_model_dir
 from longtail.spec import DatasetSpec, SpecError
 from longtail.train_job import evaluate_heavy, train_heavy
-from longtail.workflow.config import PipelineConfig
+from longtail.workflow.config import REPORT_REFERENCES, PipelineConfig
 from longtail.workflow.errors import StageError
 
 SPLIT_COL = "_split"
@@ -467,7 +467,8 @@ def _onboard(cfg: PipelineConfig, scenario: str, out: Path, tag: str, log) -> di
     pretrained = light_pretrained(cfg, log=log) if light.pretrain.epochs > 0 else None
     if out.exists():  # artifacts of a crashed attempt: this attempt writes them anew
         shutil.rmtree(out)
-    onboarding = onboard(theta0, rows, recipe, out=out, references=cfg.references, pretrained=pretrained, log=log)
+    references = [r for r in cfg.references if r not in REPORT_REFERENCES]  # LightGBM: at the report
+    onboarding = onboard(theta0, rows, recipe, out=out, references=references, pretrained=pretrained, log=log)
     refs = publish_onboarding(_registry(cfg), onboarding, dataset=data.spec.name,
                               data_split={"tables": cfg.tables, "seed": cfg.split_seed}, extra_lineage={"tag": tag})
     pictures = sorted(str(p) for p in (out / "ours").glob("genotype_*.png"))
@@ -639,13 +640,16 @@ def write_report(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
 
     Writes ``report/serving.json`` (per scenario the serving model, the published light and heavy
     versions, the θ0 version and fallback, the feature service and repo a service reads) and
-    ``report/report.md`` / ``report/report.html`` (per-scenario AUC table, FLOPs, latency,
-    promotion decisions, architecture pictures).
+    ``report/report.md`` / ``report/report.html`` (`longtail.workflow.report`: the summary with
+    bootstrap intervals, FLOPs, latency and time per stage, the plots, per-scenario sections with the
+    promotion decisions and architecture pictures; with ``LightGBM`` among the references, the
+    LightGBM global reference on the same prepared rows, cached in ``report/lightgbm.json``).
 
     Returns:
-        ``{"serving": path, "report_html": path, "report_md": path, "scenarios": n, "failed": [...]}``.
+        ``{"serving": path, "report_html": path, "report_md": path, "scenarios": n, "failed": [...],
+        "summary": {metric: value}}``.
     """
-    from longtail.workflow.report import render
+    from longtail.workflow.report import render, summary_metrics
 
     results = collect_results(cfg)
     spec = DatasetSpec.from_yaml(_ws(cfg) / "prepared" / "spec.yaml")
@@ -666,15 +670,69 @@ def write_report(cfg: PipelineConfig, *, log=None) -> dict[str, Any]:
     for path in sorted((_ws(cfg) / "promotion").glob("*.json")):
         d = json.loads(path.read_text())
         decisions[d["scenario"]] = d
+    scenarios = [r["scenario"] for r in ok]
+    data = load_prepared(cfg, scenarios) if scenarios else None
+    test_counts = {}
+    if data is not None:
+        for s in scenarios:
+            y = data.rows(TEST, [s])[spec.label].to_numpy()
+            test_counts[s] = (len(y), int(y.sum()))
+    lightgbm = _lightgbm_reference(cfg, data, scenarios, log) if "LightGBM" in cfg.references and data else None
+    timings = _stage_timings(cfg, ok, lightgbm)
     md, html = render(results, title=f"{spec.name}: per-scenario results (θ0 v{serving['theta0_version']})",
-                      decisions=decisions)
+                      decisions=decisions, lightgbm=lightgbm, test_counts=test_counts, timings=timings,
+                      image_dir=folder)
     atomic_write_text(folder / "report.md", md)
     atomic_write_text(folder / "report.html", html)
     failed = [r["scenario"] for r in results if r.get("status") != "ok"]
     _log(log, f"report: {len(ok)} scenario(s) in {folder / 'serving.json'}; report {folder / 'report.html'}"
               + (f"; FAILED: {failed}" if failed else ""))
     return {"serving": str(folder / "serving.json"), "report_html": str(folder / "report.html"),
-            "report_md": str(folder / "report.md"), "scenarios": len(ok), "failed": failed}
+            "report_md": str(folder / "report.md"), "scenarios": len(ok), "failed": failed,
+            "summary": summary_metrics(results, lightgbm, test_counts)}
+
+
+def _lightgbm_reference(cfg: PipelineConfig, data: PreparedData, scenarios: list[str], log):
+    """LightGBM global on the prepared rows of ``scenarios`` (`longtail.baselines.lightgbm_global`),
+    computed once per set of scenarios and prepared rows (``report/lightgbm.json``)."""
+    from longtail.baselines import LightGBMResult, lightgbm_global
+
+    key = _digest({"scenarios": sorted(scenarios), "prepared": {s: _prepare_key(cfg, s) for s in sorted(scenarios)}})
+    path = _ws(cfg) / "report" / "lightgbm.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return LightGBMResult.from_dict(cached["result"])
+    _log(log, f"LightGBM global reference on {len(scenarios)} scenario(s)")
+    # one thread: OpenMP threads spin-wait, and on cores shared with other work two are several times slower
+    result = lightgbm_global(data, scenarios, seed=cfg.split_seed, num_threads=1)
+    atomic_write_json(path, {"key": key, "result": result.to_dict()})
+    return result
+
+
+def _stage_timings(cfg: PipelineConfig, ok: list[dict[str, Any]], lightgbm) -> dict[str, float]:
+    """Seconds per stage of the workspace's run: θ0, the light pre-training, and each onboarding step
+    summed over the scenarios (several run at once, so these add up to more than the wall time)."""
+    out: dict[str, float] = {}
+    summary = _theta0_summary_path(cfg)
+    if summary.exists():
+        out["θ0 (agnostic heavy model)"] = float(json.loads(summary.read_text()).get("seconds", 0.0))
+    facts = sorted((_ws(cfg) / "light_pretrain").glob("*/facts.json"))
+    if facts:
+        out["light supernet pre-training"] = float(json.loads(facts[-1].read_text()).get("seconds", 0.0))
+    names = {"theta_u": "θu fine-tuning (all scenarios)", "ours": "Ours search + training (all scenarios)",
+             "MeL": "MeL reference (all scenarios)", "SinH": "SinH reference (all scenarios)"}
+    for step, name in names.items():
+        total = sum(float((r.get("step_seconds") or r.get("seconds") or {}).get(step, 0.0))
+                    for r in ok if isinstance(r.get("step_seconds") or r.get("seconds"), dict))
+        if total:
+            out[name] = total
+    onboarding = sum(float(r["seconds"]) for r in ok if isinstance(r.get("seconds"), int | float))
+    if onboarding:
+        out["onboarding (all scenarios, per scenario summed)"] = onboarding
+    if lightgbm is not None:
+        out["LightGBM reference"] = float(lightgbm.seconds)
+    return out
 
 
 __all__ = ["FAIL_ENV", "StageError", "SpecError", "as_results", "build_theta0", "cap_events", "collect_results",

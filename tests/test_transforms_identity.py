@@ -1,0 +1,65 @@
+"""The transforms' vectorised helpers give exactly what the plain versions give (same arrays, same dtypes).
+
+Serving reproduces `FittedTransforms.transform` bit for bit, so these fast paths must not change a
+single value: each is compared with the straightforward version on awkward inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from longtail.data.transforms import CLIP, NumericStats, Vocabulary, _flat, _lengths, _num
+from longtail.spec import flatten_steps
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype.kind == "O":
+        return all(x is y or x == y or (pd.isna(x) and pd.isna(y)) for x, y in zip(a, b, strict=True))
+    return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rows", [
+    [np.array([1.0, 2.0]), np.array([]), np.array([3.0])],
+    [[], [], []],
+    [np.array([1, 2]), [], np.array([3.5])],  # int and float rows (and a python list)
+    [np.array(["a", "b"]), np.array([], dtype=object), np.array(["c"])],
+    [np.array(["2013-01-01T00:00"], dtype="datetime64[ns]"), [], np.array(["2013-01-02"], dtype="datetime64[ns]")],
+    [np.array([1.0, np.nan]), [None, 2.0]],  # mixed element types: flatten_steps' object fallback
+    [],
+])
+def test_flat_equals_flatten_steps(rows):
+    col = pd.Series(rows, dtype=object)
+    assert _same(_flat(col), flatten_steps(col))
+    assert list(_lengths(col)) == [len(v) for v in rows]
+
+
+@pytest.mark.unit
+def test_num_and_clip_are_unchanged():
+    for values in (np.array([1, 2, 3]), np.array([1.5, np.nan, -np.inf]), np.array([True, False]),
+                   np.array(["1", "x", None], dtype=object)):
+        plain = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        assert _same(_num(values), plain)
+    stats = NumericStats("standard", 0.5, 0.01, True)
+    x = np.array([-1e9, -0.0, 0.0, 0.5, np.nan, np.inf, 1e9])
+    got, miss = stats.apply(x)
+    z = (x - 0.5) / 0.01
+    expect = np.clip(np.where(~np.isfinite(z), 0.0, z), -CLIP, CLIP).astype(np.float32)
+    assert _same(got, expect) and _same(miss, (~np.isfinite(z)).astype(np.float32))
+
+
+@pytest.mark.unit
+def test_vocabulary_lookup_by_distinct_values_is_unchanged():
+    vocab = Vocabulary(["JFK", "LGA", "1"], oov_bucket=True)
+    cases = [np.array(["LGA", "JFK", "EWR", None, "LGA"], dtype=object),
+             np.array([1, "1", 2.0, None, np.nan], dtype=object),  # not all strings: the per-value path
+             np.array([], dtype=object)]
+    for values in cases:
+        s = pd.Series(values, dtype=object)
+        idx = pd.Index(vocab.values, dtype=object).get_indexer(s.astype(str))
+        plain = np.where((idx < 0) | s.isna().to_numpy(), 1, idx + 2).astype(np.int64)
+        assert _same(vocab.apply(values, "c"), plain)
