@@ -99,6 +99,25 @@ def parse_time_ns(value: Any, field: str) -> int:
     return int(parse_time(value, field).value)
 
 
+
+def _numeric_layout(fields: list[tuple[str, bool]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Where each numeric field's value goes in the output columns: the value, then its missing flag if
+    the field is nullable (the layout of `FittedTransforms.transform`).
+
+    Returns:
+        (value columns, missing-flag columns, the field index of each flag, number of columns)
+    """
+    cols, miss_cols, miss_src, k = [], [], [], 0
+    for j, (_, nullable) in enumerate(fields):
+        cols.append(k)
+        k += 1
+        if nullable:
+            miss_cols.append(k)
+            miss_src.append(j)
+            k += 1
+    as_index = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+    return as_index(cols), as_index(miss_cols), as_index(miss_src), k
+
 class _NotFast(Exception):
     """A value the fast path does not take as it is; the exact checks decide."""
 
@@ -188,17 +207,7 @@ class _Sequence:
         self.norm = _Numeric([transforms.numeric[c] for c, _ in self.numeric]
                              + ([transforms.numeric[s.column(HOURS_BEFORE)]] if self.timestamp else []))
         # output columns of seq_num: each field, its missing flag if nullable, then hours_before
-        cols, miss_cols, miss_src, k = [], [], [], 0
-        for j, (_, nullable) in enumerate(self.numeric):
-            cols.append(k)
-            k += 1
-            if nullable:
-                miss_cols.append(k)
-                miss_src.append(j)
-                k += 1
-        self.value_cols = np.array(cols, dtype=np.int64)
-        self.miss_cols = np.array(miss_cols, dtype=np.int64)
-        self.miss_src = np.array(miss_src, dtype=np.int64)
+        self.value_cols, self.miss_cols, self.miss_src, k = _numeric_layout(self.numeric)
         self.hours_col = k if self.timestamp else -1
         self.n_num = k + (1 if self.timestamp else 0)
         self.vocabs = [_Vocab(transforms.vocab[c].values, transforms.vocab[c].oov_bucket) for c in self.categorical]
@@ -319,18 +328,7 @@ class ServingEncoder:
         self._known = frozenset(self.feature_columns)
         self._profile_numeric = [(f.name, f.nullable) for f in spec.profile_numeric]
         self._profile_norm = _Numeric([transforms.numeric[f.name] for f in spec.profile_numeric])
-        cols, miss_cols, miss_src, k = [], [], [], 0
-        for j, (_, nullable) in enumerate(self._profile_numeric):
-            cols.append(k)
-            k += 1
-            if nullable:
-                miss_cols.append(k)
-                miss_src.append(j)
-                k += 1
-        self._p_cols = np.array(cols, dtype=np.int64)
-        self._p_miss_cols = np.array(miss_cols, dtype=np.int64)
-        self._p_miss_src = np.array(miss_src, dtype=np.int64)
-        self._n_profile = k
+        self._p_cols, self._p_miss_cols, self._p_miss_src, self._n_profile = _numeric_layout(self._profile_numeric)
         self._profile_cats = [c.name for c in spec.profile_categorical]
         self._profile_vocabs = [_Vocab(transforms.vocab[c].values, transforms.vocab[c].oov_bucket)
                                 for c in self._profile_cats]
