@@ -567,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     fwd = forward.pivot_table(index=["part", "model", "backend"], columns="batch", values="us_per_call").reset_index()
     fwd.columns = [str(c) if not isinstance(c, int) else f"batch {c} (µs/call)" for c in fwd.columns]
     md = [f"# Serving benchmark{' (quick)' if args.quick else ''}", "",
-          f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; `uptime` before: `{started}`; after: "
+          f"Machine: {os.cpu_count()} CPU cores (the load of anything else running is in `uptime` and each row's "
+          f"load columns); `uptime` before: `{started}`; after: "
           f"`{finished}`. Total {time.perf_counter() - t_start:.0f} s.", "",
           f"Carrier `{built['scenario']}` of one month of flights (AA/MQ/UA, {built['n_train']} TRAIN rows); heavy "
           f"{built['flops']['heavy']:,} FLOPs/sample, light {built['flops']['light']:,}. Each model in its own service "
