@@ -65,13 +65,18 @@ def cmd_data_build(args: argparse.Namespace) -> int:
         cfg = SyntheticConfig(n_scenarios=args.scenarios, max_rows=args.max_rows, min_rows=args.min_rows,
                               seed=args.seed)
         ts = build_synthetic(out, cfg)
-    t = Table(title=f"{ts.spec.name} tables in {out} ({time.perf_counter() - t0:.1f}s)")
+    _print_table_rows(ts, out, time.perf_counter() - t0)
+    return 0
+
+
+def _print_table_rows(ts: Any, out: Path, seconds: float) -> None:
+    """The rows of each table of a table set just written to ``out``."""
+    t = Table(title=f"{ts.spec.name} tables in {out} ({seconds:.1f}s)")
     t.add_column("table")
     t.add_column("rows", justify="right")
     for k, v in ts.manifest["rows"].items():
         t.add_row(k, f"{v:,}")
     console.print(t)
-    return 0
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
@@ -97,12 +102,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
         ts = import_tables(spec, out, base_dir=Path(args.spec).parent, progress=progress)
     meta = ts.manifest["meta"]
-    t = Table(title=f"{ts.spec.name} tables in {out} ({time.perf_counter() - t0:.1f}s)")
-    t.add_column("table")
-    t.add_column("rows", justify="right")
-    for k, v in ts.manifest["rows"].items():
-        t.add_row(k, f"{v:,}")
-    console.print(t)
+    _print_table_rows(ts, out, time.perf_counter() - t0)
     for where, n in meta["left_out_by_where"].items():
         console.print(f"{where}: {n:,} row(s) left out by its `where`")
     for rec in meta["scenario_policy"]:
