@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.responses import JSONResponse
 
 # light imports only: BentoML's arbiter process imports this module too, and needs no torch; the predictor
@@ -56,15 +56,27 @@ SCENARIO_FIELD = Field(min_length=1, max_length=256, description="the scenario, 
 BATCH_FIELD = Field(min_length=1, max_length=1024, description="the requests (at most 1024)")
 
 
+# "send exactly one of entity or features", in the OpenAPI schema too: a request with neither (or both) is not
+# schema-valid, so a client generated from the schema (or a fuzzer) knows it is refused
+EXACTLY_ONE_SOURCE = {"oneOf": [{"required": ["entity"], "properties": {"entity": {"type": "object"}}},
+                                {"required": ["features"], "properties": {"features": {"type": "object"}}}]}
+
+
 class PredictItem(BaseModel):
-    """One prediction request (an item of ``/predict_batch``)."""
+    """One prediction request (an item of ``/predict_batch``: an item without its source fails alone, in a 200)."""
 
     scenario: str = Field(min_length=1, max_length=256, description="the scenario, e.g. a carrier")
     entity: dict[str, str | int | float] | None = Field(
         default=None, description="entity keys: features are read from the online store")
     features: dict[str, Any] | None = Field(default=None, description="raw feature values instead of entity")
     event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)")
-    return_features: bool = Field(default=False, description="echo the scored feature values")
+    return_features: StrictBool = Field(default=False, description="echo the scored feature values (true or false)")
+
+
+class PredictInput(PredictItem):
+    """The body of ``/predict``: one request, with exactly one of ``entity`` and ``features``."""
+
+    model_config = ConfigDict(json_schema_extra=EXACTLY_ONE_SOURCE)
 
 
 def _request(item: PredictItem) -> Any:
@@ -143,25 +155,133 @@ def _status(exc: BaseException) -> int:
     return int(getattr(code, "value", code) or 500) if code is not None else 500
 
 
-class ReadyzBody:
-    """``/readyz`` with a JSON body: 200 once the worker's models can answer, with the degraded scenarios
-    (a promoted version that failed to load) listed; 503 before. The liveness routes are BentoML's."""
+def _where(loc: Any) -> str:
+    """A pydantic error location as the dotted field path of the service's own errors: requests[0].scenario."""
+    out = ""
+    for part in loc or ():
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _as_request_error(body: bytes) -> bytes | None:
+    """BentoML answers a body its input model rejects with ``detail`` as a list of pydantic errors, which its own
+    OpenAPI schema declares a string; the same error in the service's format (``error``, ``field``,
+    ``message``) with ``detail`` as one line. None for any other body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("detail"), list):
+        return None
+    errors = [e for e in data["detail"] if isinstance(e, dict)]
+    lines = [f"{_where(e.get('loc'))}: {e.get('msg', '')}" for e in errors]
+    field = _where(errors[0].get("loc")) if errors else "body"
+    message = "; ".join(lines) or str(data.get("error", "invalid request"))
+    return json.dumps({"error": "RequestError", "field": field, "message": message, "detail": message}).encode()
+
+
+def _json_or_unset(scope: dict) -> bool:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            kind = value.split(b";")[0].strip().lower()
+            return kind in (b"", b"application/json", b"text/plain") or kind.endswith(b"+json")
+    return True
+
+
+async def _send_json(send: Any, status: int, data: dict, extra: list | None = None, head: bool = False) -> None:
+    body = json.dumps(data).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra or [])]})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def _buffered(send: Any, when: Any, rewrite: Any) -> Any:
+    """A ``send`` that holds a response whose start message ``when`` accepts, and sends ``rewrite(body)``
+    (or the body unchanged where it returns None) with its length; other responses pass straight through."""
+    held: dict[str, Any] = {}
+
+    async def wrapped(message: dict) -> None:
+        if message["type"] == "http.response.start" and when(message):
+            held["start"], held["body"] = message, b""
+            return
+        if "start" not in held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        held["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        body = rewrite(held["body"]) or held["body"]
+        headers = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() != b"content-length"]
+        await send({**held["start"], "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def _body_required(body: bytes) -> bytes | None:
+    try:
+        schema = json.loads(body)
+        for path in schema.get("paths", {}).values():
+            body = path.get("post", {}).get("requestBody")
+            if isinstance(body, dict) and any(media.get("schema", {}).get("required")
+                                              for media in body.get("content", {}).values()):
+                body["required"] = True
+    except (ValueError, AttributeError):
+        return None
+    return json.dumps(schema).encode()
+
+
+def _patching_docs(send: Any) -> Any:
+    return _buffered(send, lambda m: m.get("status") == 200, _body_required)
+
+
+class ServiceRoutes:
+    """ASGI middleware in front of BentoML's app.
+
+    * ``/readyz`` with a JSON body: 200 once the worker's models can answer, with the degraded scenarios (a
+      promoted version that failed to load) listed; 503 before; 405 for methods other than GET and HEAD. The
+      liveness routes are BentoML's.
+    * A 400 from BentoML's input validation is rewritten into the service's error format (see
+      `_as_request_error`); other responses pass through untouched (nothing is buffered).
+    * A POST whose body is declared as anything but JSON (a form, a multipart body without a boundary) is a 415
+      naming the content type to use, before BentoML tries to parse it.
+    * ``/docs.json`` says that a POST whose body has required fields needs its body (BentoML's schema leaves
+      ``requestBody`` optional, and an empty POST is refused).
+    """
 
     def __init__(self, app: Any):
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or scope.get("path") != "/readyz":
+        if scope.get("type") != "http":
             await self.app(scope, receive, send)
+        elif scope.get("path") == "/readyz":
+            await self._readyz(scope, send)
+        elif scope.get("method") == "POST" and not _json_or_unset(scope):
+            await _send_json(send, 415, {"error": "UnsupportedMediaType", "field": "content-type",
+                                         "message": "send the body as JSON: Content-Type: application/json"})
+        elif scope.get("path") == "/docs.json":
+            await self.app(scope, receive, _patching_docs(send))
+        else:
+            await self.app(scope, receive, self._rewriting_400(send))
+
+    @staticmethod
+    async def _readyz(scope: dict, send: Any) -> None:
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await _send_json(send, 405, {"error": "MethodNotAllowed", "field": "method",
+                                         "message": f"{method} /readyz: use GET or HEAD"}, [(b"allow", b"GET, HEAD")])
             return
         try:
             health = bentoml.get_current_service().predictor.health()
         except Exception:  # the service instance is not built yet
             health = {"ready": False, "degraded": {}}
-        body = json.dumps(health).encode()
-        await send({"type": "http.response.start", "status": 200 if health["ready"] else 503,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 200 if health["ready"] else 503, health, head=method == "HEAD")
+
+    @staticmethod
+    def _rewriting_400(send: Any) -> Any:
+        return _buffered(send, lambda m: m.get("status") == 400, _as_request_error)
 
 
 @bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count")
@@ -204,7 +324,7 @@ class LongtailServing:
             self.grpc_server.stop(grace=5).wait()
         self.predictor.close()
 
-    @bentoml.api
+    @bentoml.api(input_spec=PredictInput)
     async def predict(self, scenario: str = SCENARIO_FIELD,
                       entity: dict[str, str | int | float] | None = None, features: dict[str, Any] | None = None,
                       event_timestamp: str | None = None, return_features: bool = False) -> dict[str, Any]:
@@ -232,4 +352,4 @@ class LongtailServing:
         return self.predictor.models()
 
 
-LongtailServing.add_asgi_middleware(ReadyzBody)
+LongtailServing.add_asgi_middleware(ServiceRoutes)

@@ -436,6 +436,45 @@ def test_http_garbage_is_4xx_not_5xx(http):
         assert 400 <= r.status_code < 500, (content, r.status_code, r.text)
 
 
+def test_input_validation_errors_have_the_service_error_format(http):
+    """BentoML's own 400s (the input model rejected the body) name the field like the service's errors, with
+    ``detail`` a string as the OpenAPI schema says (a list of pydantic errors before)."""
+    for path, body, field in [("/predict", {"scenario": "s00", "features": {}, "return_features": {}}, "return_features"),
+                              ("/predict_batch", {"requests": {}}, "requests"),
+                              ("/predict_batch", {"requests": [{"scenario": 5}]}, "requests[0].scenario"),
+                              ("/models", [None, None], "body")]:
+        r = http.post(path, json=body)
+        assert r.status_code == 400, (path, r.text)
+        data = r.json()
+        assert (data["error"], data["field"]) == ("RequestError", field), (path, data)
+        assert isinstance(data["detail"], str) and data["field"] in data["message"]
+
+
+def test_readyz_answers_get_and_head_only(http):
+    assert http.get("/readyz").status_code == 200
+    head = http.head("/readyz")
+    assert head.status_code == 200 and head.content == b""
+    for method in ("TRACE", "POST", "DELETE"):
+        r = http.request(method, "/readyz")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD", (method, r.status_code)
+
+
+def test_the_schema_says_a_request_needs_its_body_and_exactly_one_of_entity_and_features(http):
+    schemas = http.get("/docs.json").json()
+    body = schemas["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert [b["required"] for b in body["oneOf"]] == [["entity"], ["features"]]
+    assert "oneOf" not in schemas["components"]["schemas"]["PredictItem"]  # a batch item fails alone, in a 200
+    required = {path: op["post"]["requestBody"].get("required", False) for path, op in schemas["paths"].items()
+                if "post" in op}
+    assert required == {"/predict": True, "/predict_batch": True, "/models": False}
+
+
+def test_a_body_that_is_not_json_is_415_not_500(http):
+    for ctype in ("multipart/form-data", "application/x-www-form-urlencoded", "application/xml"):
+        r = http.post("/predict_batch", content=b'{"requests": []}', headers={"content-type": ctype})
+        assert r.status_code == 415 and r.json()["field"] == "content-type", (ctype, r.text)
+
+
 def test_client_errors_are_logged_in_one_line(http, server):
     for content in (b"{not json", b"[1, 2]", b'{"scenario": 5}'):
         assert http.post("/predict", content=content, headers={"content-type": "application/json"}).status_code == 400
