@@ -164,3 +164,50 @@ def test_sequence_flops_use_padded_length():
 def test_encoder_without_flops_is_refused():
     with pytest.raises(TypeError, match="flops"):
         encoder_flops(nn.Identity(), 8)
+
+
+def schema_with_edges(max_length: int = 12) -> InputSchema:
+    """`schema_of` with bin edges: columns of 16, 5, 2 edges, missing flags and a constant column (none or one)."""
+    def edges(k: int) -> tuple[float, ...]:
+        return tuple(float(v) for v in torch.linspace(-2.0, 3.0, k)) if k else ()
+
+    return InputSchema(
+        n_profile_numeric=4,
+        profile_cat_cardinalities=(6, 30),
+        sequences=(
+            SequenceSchema("events", 3, (9,), max_length, numeric_edges=(edges(16), (), edges(5))),
+            SequenceSchema("weather", 5, (), max_length // 2,
+                           numeric_edges=(edges(2), edges(7), (), (0.5,), edges(16))),
+        ),
+        profile_numeric_edges=(edges(5), (), edges(16), edges(3)),
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["flat", "lstm", "bert"])
+def test_ple_model_flops_equal_counter_by_part(name):
+    schema = schema_with_edges()
+    cfg = HeavyConfig.from_dict({**small(name).to_dict(), "numeric_embedding": "ple", "numeric_embedding_dim": 3})
+    model = build_model(schema, cfg).eval()
+    batch = full_batch_of_one(schema)
+    flops = count_flops(model, schema)
+    # the embeddings by hand: 2 * F * Kmax * dim per row (profile) or per step (sequences), Kmax = 15 bins here
+    assert model.profile_encoder.numeric.flops() == 2 * 4 * 15 * 3
+    assert model.profile_encoder.input_size == 4 * 3 + 4 + 11
+    for s in schema.sequences:
+        enc = model.behavior_encoders[s.name]
+        assert flops[f"behavior_encoders.{s.name}"] == encoder_flops(enc.encoder, s.max_length) + \
+            2 * s.n_numeric * 15 * 3 * s.max_length
+        part = counted(lambda enc=enc, n=s.name: enc(batch.seq_num[n], batch.seq_cat[n], batch.seq_mask[n]))
+        assert part == flops[f"behavior_encoders.{s.name}"], s.name
+    assert counted(lambda: model.profile_encoder(batch.profile_num, batch.profile_cat)) == flops["profile_encoder"]
+    assert counted(lambda: model(batch)) == flops["total"]
+
+
+@pytest.mark.unit
+def test_flat_encoder_flops_by_hand():
+    seq = SequenceSchema("x", n_numeric=7, cat_cardinalities=(), max_length=10)
+    enc = build_behavior_encoder(seq, small("flat"))  # 2 layers of 12
+    assert enc.flops(10) == 2 * 10 * (7 + 1) * 12 + 2 * 12 * 12
+    assert enc.flops(4) == 2 * 4 * (7 + 1) * 12 + 2 * 12 * 12
+    assert enc.flops(30) == enc.flops(10)  # only the newest max_length steps are read

@@ -115,6 +115,27 @@ def test_compiled_forwards_give_the_eager_probabilities_on_flights_rows(flights,
     assert len(auto) == 2, "both light models share one compiled graph; the heavy model has its own"
 
 
+def test_ple_flat_model_compiles_to_onnx_and_gives_the_eager_probabilities(flights, rows):
+    """The piecewise-linear numeric embedding and the flat encoder export (no fallback to TorchScript)."""
+    _, transforms = flights
+    sample, requests = rows
+    encoder = ServingEncoder(transforms)
+    encoded = _encode(encoder, requests)
+    batch = transforms.transform(sample, require_label=False)
+    torch.manual_seed(0)
+    model = build_model(transforms.schema, HeavyConfig(encoder="flat", num_layers=2, hidden_size=32,
+                                                       numeric_embedding="ple", profile_dims=(32,),
+                                                       head_dims=(32,))).eval()
+    for graphs, backend in ((GraphCache("auto"), "onnxruntime"), (GraphCache("torchscript"), "torchscript")):
+        forward = graphs.compile(model, encoder, {"kind": "test"})
+        assert forward.backend == backend
+        want = predict_proba(model, batch)
+        got = 1 / (1 + np.exp(-forward(encoder.stack(encoded)).astype(np.float64)))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=backend)
+        one = 1 / (1 + np.exp(-forward(encoder.stack([encoded[3]])).astype(np.float64)))
+        assert one[0] == pytest.approx(want[3], abs=1e-6)
+
+
 def _iso_cases(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     cases = ["2013-01-01T05:00:00+00:00", "2013-01-01 05:00:00", "2013-01-01T05:00Z", "2024-02-29T23:59:59.999999999Z",

@@ -14,6 +14,20 @@ import torch
 PAD_INDEX = 0
 OOV_INDEX = 1
 
+Edges = tuple[tuple[float, ...], ...]
+
+
+def _edges(value, n_columns: int, where: str) -> Edges:
+    """Per-column bin edges as tuples of floats: ``()`` (none known) or one tuple per numeric column."""
+    edges = tuple(tuple(float(e) for e in col) for col in value)
+    if edges and len(edges) != n_columns:
+        raise ValueError(f"{where}: {len(edges)} columns of bin edges for {n_columns} numeric inputs; "
+                         "give one (possibly empty) list of edges per numeric input, or none at all")
+    for col in edges:
+        if any(b <= a for a, b in zip(col, col[1:], strict=False)):
+            raise ValueError(f"{where}: bin edges {list(col)} are not strictly increasing; refit the transforms")
+    return edges
+
 
 @dataclass(frozen=True)
 class SequenceSchema:
@@ -24,12 +38,19 @@ class SequenceSchema:
         n_numeric: numeric inputs per step (normalised fields, missing flags, derived hours_before).
         cat_cardinalities: embedding table size per categorical step field (padding and OOV included).
         max_length: padded length T.
+        numeric_edges: bin edges of each numeric input (in the order of ``seq_num``'s last axis; a
+            missing flag has none), or ``()`` when the transforms were fitted before edges existed.
     """
 
     name: str
     n_numeric: int
     cat_cardinalities: tuple[int, ...]
     max_length: int
+    numeric_edges: Edges = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "numeric_edges",
+                           _edges(self.numeric_edges, self.n_numeric, f"sequence {self.name!r} numeric_edges"))
 
 
 @dataclass(frozen=True)
@@ -40,11 +61,19 @@ class InputSchema:
         n_profile_numeric: numeric profile inputs (normalised values and missing indicators).
         profile_cat_cardinalities: embedding table size per categorical profile feature.
         sequences: one entry per behavior sequence, in spec order.
+        profile_numeric_edges: bin edges of each numeric profile input (in the order of
+            ``profile_num``'s columns; a missing flag has none), or ``()`` when the transforms were
+            fitted before edges existed.
     """
 
     n_profile_numeric: int
     profile_cat_cardinalities: tuple[int, ...]
     sequences: tuple[SequenceSchema, ...]
+    profile_numeric_edges: Edges = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "profile_numeric_edges",
+                           _edges(self.profile_numeric_edges, self.n_profile_numeric, "profile_numeric_edges"))
 
     def to_dict(self) -> dict:
         return {
@@ -52,21 +81,24 @@ class InputSchema:
             "profile_cat_cardinalities": list(self.profile_cat_cardinalities),
             "sequences": [
                 {"name": s.name, "n_numeric": s.n_numeric, "cat_cardinalities": list(s.cat_cardinalities),
-                 "max_length": s.max_length}
+                 "max_length": s.max_length, "numeric_edges": [list(e) for e in s.numeric_edges]}
                 for s in self.sequences
             ],
+            "profile_numeric_edges": [list(e) for e in self.profile_numeric_edges],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSchema:
+        """Inverse of ``to_dict``; a dict written before bin edges existed loads with none."""
         return cls(
             n_profile_numeric=int(d["n_profile_numeric"]),
             profile_cat_cardinalities=tuple(int(x) for x in d["profile_cat_cardinalities"]),
             sequences=tuple(
                 SequenceSchema(s["name"], int(s["n_numeric"]), tuple(int(x) for x in s["cat_cardinalities"]),
-                               int(s["max_length"]))
+                               int(s["max_length"]), s.get("numeric_edges", ()))
                 for s in d["sequences"]
             ),
+            profile_numeric_edges=d.get("profile_numeric_edges", ()),
         )
 
 

@@ -1,7 +1,9 @@
 """Fitted transforms: prepared dataframe -> tensors, fitted on training rows only.
 
 Numeric features are normalised as the spec says (NaN of a nullable feature becomes 0 after
-normalisation, i.e. the fitted mean, plus a missing-indicator input); categoricals map to
+normalisation, i.e. the fitted mean, plus a missing-indicator input) and get up to ``N_EDGES``
+quantile bin edges in that normalised space (what a piecewise-linear numeric embedding of the
+model bins them by, `longtail.models.numeric`); categoricals map to
 indices (0 padding, 1 out-of-vocabulary, known values from 2); sequences are padded to their
 ``max_length`` (left padding keeps the newest step last) with a mask, and a sequence with a
 ``timestamp_field`` gets a derived per-step input ``hours_before`` (event time − step time).
@@ -12,7 +14,7 @@ without unpickling anything, and applied identically in training, evaluation and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,26 +32,40 @@ from longtail.spec import (
 
 CLIP = 8.0  # normalised values are clipped to ±CLIP so one outlier cannot blow up a batch
 HOURS_BEFORE = "hours_before"
+N_EDGES = 16  # quantile bin edges per numeric input (fewer when the training values repeat)
 
 
 @dataclass
 class NumericStats:
+    """Normalisation of one numeric input, and its bin edges.
+
+    Attributes:
+        edges: up to ``N_EDGES`` quantiles (0 to 1, evenly spaced) of the finite training values
+            in the normalised space the model receives (after centre/scale and the ±CLIP clip),
+            unique and sorted; empty when there was no finite training value, or in transforms
+            fitted before edges existed.
+    """
+
     normalization: str
     center: float = 0.0
     scale: float = 1.0
     nullable: bool = False
+    edges: list[float] = field(default_factory=list)
 
     @classmethod
     def fit(cls, f: NumericFeature, values: np.ndarray) -> NumericStats:
         x = _pre(f.normalization, values.astype(float))
         x = x[np.isfinite(x)]
         if f.normalization == "none" or not len(x):
-            return cls(f.normalization, 0.0, 1.0, f.nullable)
-        if f.normalization == "minmax":
+            stats = cls(f.normalization, 0.0, 1.0, f.nullable)
+        elif f.normalization == "minmax":
             lo, hi = float(x.min()), float(x.max())
-            return cls(f.normalization, lo, (hi - lo) or 1.0, f.nullable)
-        std = float(x.std())
-        return cls(f.normalization, float(x.mean()), std if std > 1e-12 else 1.0, f.nullable)
+            stats = cls(f.normalization, lo, (hi - lo) or 1.0, f.nullable)
+        else:
+            std = float(x.std())
+            stats = cls(f.normalization, float(x.mean()), std if std > 1e-12 else 1.0, f.nullable)
+        stats.edges = _edges(np.clip((x - stats.center) / stats.scale, -CLIP, CLIP))
+        return stats
 
     def apply(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (normalised values with NaN -> 0, missing indicator)."""
@@ -59,6 +75,15 @@ class NumericStats:
         # np.clip, without its NaN handling (there is none left): the same values, several times faster
         np.minimum(np.maximum(x, -CLIP, out=x), CLIP, out=x)
         return x.astype(np.float32), missing.astype(np.float32)
+
+
+def _edges(x: np.ndarray) -> list[float]:
+    """``N_EDGES`` evenly spaced quantiles of ``x``, as float32 values (what the model compares them with),
+    unique and sorted; ``[]`` for no value."""
+    if not len(x):
+        return []
+    q = np.quantile(x, np.linspace(0.0, 1.0, N_EDGES)).astype(np.float32)
+    return [float(v) for v in np.unique(q)]
 
 
 def _pre(normalization: str, x: np.ndarray) -> np.ndarray:
@@ -146,6 +171,16 @@ class FittedTransforms:
         names = [f.name for f in s.numeric]
         return names + ([HOURS_BEFORE] if s.timestamp_field else [])
 
+    def _column_edges(self, columns: list[tuple[str, bool]]) -> tuple[tuple[float, ...], ...]:
+        """Bin edges per numeric input column, in the tensors' layout: each value, then its missing flag
+        (no edges) if nullable; ``()`` when no column has edges (transforms fitted before edges existed)."""
+        out: list[tuple[float, ...]] = []
+        for name, nullable in columns:
+            out.append(tuple(self.numeric[name].edges))
+            if nullable:
+                out.append(())
+        return tuple(out) if any(out) else ()
+
     @property
     def schema(self) -> InputSchema:
         spec = self.spec
@@ -154,11 +189,14 @@ class FittedTransforms:
         for s in spec.sequences:
             n_num = len(self.sequence_numeric_fields(s)) + sum(f.nullable for f in s.numeric)
             cards = tuple(self.vocab[s.column(c.name)].cardinality for c in s.categorical)
-            seqs.append(SequenceSchema(s.name, n_num, cards, s.max_length))
+            columns = [(s.column(f.name), f.nullable) for f in s.numeric]
+            columns += [(s.column(HOURS_BEFORE), False)] if s.timestamp_field else []
+            seqs.append(SequenceSchema(s.name, n_num, cards, s.max_length, self._column_edges(columns)))
         return InputSchema(
             n_profile_numeric=n_prof,
             profile_cat_cardinalities=tuple(self.vocab[c.name].cardinality for c in spec.profile_categorical),
             sequences=tuple(seqs),
+            profile_numeric_edges=self._column_edges([(f.name, f.nullable) for f in spec.profile_numeric]),
         )
 
     def scenario_index(self, values: pd.Series) -> np.ndarray:
@@ -241,7 +279,7 @@ class FittedTransforms:
         return {
             "spec": self.spec.to_dict(),
             "scenarios": list(self.scenarios),
-            "numeric": {k: vars(v) for k, v in self.numeric.items()},
+            "numeric": {k: {**vars(v), "edges": list(v.edges)} for k, v in self.numeric.items()},
             "vocab": {k: {"values": v.values, "oov_bucket": v.oov_bucket} for k, v in self.vocab.items()},
         }
 
@@ -250,7 +288,8 @@ class FittedTransforms:
         return cls(
             spec=DatasetSpec.from_dict(d["spec"]),
             scenarios=list(d["scenarios"]),
-            numeric={k: NumericStats(**v) for k, v in d["numeric"].items()},
+            numeric={k: NumericStats(**{**v, "edges": [float(e) for e in v.get("edges", [])]})
+                     for k, v in d["numeric"].items()},
             vocab={k: Vocabulary(list(v["values"]), bool(v["oov_bucket"])) for k, v in d["vocab"].items()},
         )
 

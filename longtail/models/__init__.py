@@ -1,10 +1,10 @@
 """Models: behavior-encoder registry, the heavy model of Fig. 2, FLOPs and latency.
 
-Importing the package (any of its modules) registers the built-in encoders (``lstm``, ``bert``, and
-``searched``, the light encoder of a genotype).
+Importing the package (any of its modules) registers the built-in encoders (``lstm``, ``bert``,
+``flat``, and ``searched``, the light encoder of a genotype).
 """
 
-from longtail.models.encoders import BehaviorEncoder, BertEncoder, LSTMEncoder
+from longtail.models.encoders import BehaviorEncoder, BertEncoder, FlatEncoder, LSTMEncoder
 from longtail.models.flops import count_flops, encoder_flops, linear_flops
 from longtail.models.heavy import (
     HeavyConfig,
@@ -18,6 +18,7 @@ from longtail.models.heavy import (
 )
 from longtail.models.latency import measure_latency
 from longtail.models.light import LightEncoder, SearchedEncoder
+from longtail.models.numeric import PiecewiseLinearEmbedding
 from longtail.models.registry import (
     UnknownEncoderError,
     create_encoder,
@@ -29,10 +30,12 @@ from longtail.models.registry import (
 __all__ = [
     "BehaviorEncoder",
     "BertEncoder",
+    "FlatEncoder",
     "HeavyConfig",
     "HeavyModel",
     "LSTMEncoder",
     "LightEncoder",
+    "PiecewiseLinearEmbedding",
     "ProfileEncoder",
     "SearchedEncoder",
     "SequenceEncoder",

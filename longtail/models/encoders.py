@@ -28,7 +28,7 @@ from longtail.models.kernels import differentiable_backward, fast_kernels_enable
 from longtail.models.recurrent import lstm_stack
 from longtail.models.registry import register_encoder
 
-__all__ = ["BehaviorEncoder", "BertEncoder", "LSTMEncoder", "MultiHeadSelfAttention", "attend", "masked_mean"]
+__all__ = ["BehaviorEncoder", "BertEncoder", "FlatEncoder", "LSTMEncoder", "MultiHeadSelfAttention", "attend", "masked_mean"]
 
 
 class BehaviorEncoder(nn.Module, abc.ABC):
@@ -350,3 +350,99 @@ class BertEncoder(BehaviorEncoder):
         """Input projection plus, per block, ``2T(4H^2 + 2HI) + 4T^2 H``."""
         emb = 2 * seq_len * self.input_size * self.hidden_size
         return emb + sum(layer.flops(seq_len) for layer in self.layers)
+
+
+def newest_last(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real steps of each row moved to its end, in their order (left padding), without a sort.
+
+    Each step's new position is computed from running counts (the newest real step goes to
+    ``T - 1``, padded steps to the front, in order) and the steps are scattered there: a
+    permutation of each row, exportable to ONNX (which has no stable sort).
+
+    Args:
+        x: (B, T, D).
+        mask: (B, T) bool, True at real steps.
+
+    Returns:
+        ``(x, mask)`` permuted: (B, T, D) and (B, T) with the real steps last.
+    """
+    B, T, D = x.shape
+    m = mask.long()
+    seen = m.cumsum(1)  # real steps up to and including each step
+    at_or_after = seen[:, -1:] - seen + m  # real steps at or after each step (1 at the newest real one)
+    pads_so_far = (1 - m).cumsum(1)  # padded steps up to and including each step
+    target = torch.where(mask, T - at_or_after, pads_so_far - 1)  # (B, T) a permutation of 0..T-1
+    out = torch.zeros_like(x).scatter(1, target.unsqueeze(-1).expand(B, T, D), x)
+    return out, torch.zeros_like(mask).scatter(1, target, mask)
+
+
+@register_encoder("flat")
+class FlatEncoder(BehaviorEncoder):
+    """An MLP over the whole padded sequence: the steps flattened side by side, with the mask.
+
+    Padded steps are zeroed and the real steps moved to the end of each row (newest at position
+    ``max_length - 1``, so left and right padding of the same steps give the same input); the
+    ``(B, max_length, D_in)`` steps are flattened to ``max_length * D_in`` inputs, the
+    ``max_length`` mask values (1 at real steps) appended, and ``num_layers`` x (Linear -> ReLU
+    -> dropout) of width ``hidden_size`` follow. Every position has its own weights (no sharing
+    over time, unlike the LSTM or BERT). A row without real steps gives zeros. Sequences shorter
+    than ``max_length`` are read as left-padded to it (the first layer uses the weights of the
+    newest ``T`` positions only: the others would multiply zeros); of a longer one, only the
+    newest ``max_length`` steps are read.
+
+    Args:
+        input_size: width ``D_in`` of one embedded step.
+        max_length: padded length the first layer is sized for (the sequence's ``max_length``).
+        hidden_size: width of every layer (the output width).
+        num_layers: layers.
+        dropout: dropout after each activation.
+
+    Example:
+        >>> enc = FlatEncoder(input_size=8, max_length=16, hidden_size=32, num_layers=2)
+        >>> enc(torch.randn(2, 16, 8), torch.ones(2, 16, dtype=torch.bool)).shape
+        torch.Size([2, 32])
+    """
+
+    def __init__(self, input_size: int, max_length: int = 128, hidden_size: int = 15, num_layers: int = 6,
+                 dropout: float = 0.0):
+        super().__init__()
+        if min(input_size, max_length, hidden_size, num_layers) < 1:
+            raise ValueError("input_size, max_length, hidden_size and num_layers of FlatEncoder must be >= 1")
+        self.input_size = input_size
+        self.max_length = max_length
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.output_size = hidden_size
+        # first layer inputs: max_length * input_size step values (step-major), then max_length mask values
+        self.layers = nn.ModuleList(
+            nn.Linear(max_length * (input_size + 1) if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+        )
+        self.dropout = Dropout(dropout)
+
+    def _first(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        z = torch.cat([x.reshape(B, T * D), mask.to(x.dtype)], dim=1)  # (B, T * (D + 1))
+        layer = self.layers[0]
+        if T == self.max_length:
+            return layer(z)
+        L = self.max_length  # a shorter sequence: the weights of its T newest positions
+        w = torch.cat([layer.weight[:, (L - T) * D:L * D], layer.weight[:, L * D + L - T:]], dim=1)
+        return F.linear(z, w, layer.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = _zero_padding(x, mask)
+        x, mask = newest_last(x, mask)
+        if x.shape[1] > self.max_length:  # only the newest max_length steps
+            x, mask = x[:, -self.max_length:], mask[:, -self.max_length:]
+        h = self._first(x, mask)
+        for i, layer in enumerate(self.layers):
+            if i:
+                h = layer(h)
+            h = self.dropout(torch.relu(h))  # (B, H)
+        real = mask.any(dim=1, keepdim=True)  # (B, 1)
+        return torch.where(real, h, torch.zeros_like(h))
+
+    def flops(self, seq_len: int) -> int:
+        """``2 * min(T, max_length) * (D_in + 1) * H`` for the first layer plus ``2 * H^2`` per further layer."""
+        t, H = min(seq_len, self.max_length), self.hidden_size
+        return 2 * t * (self.input_size + 1) * H + (self.num_layers - 1) * 2 * H * H

@@ -24,6 +24,7 @@ from torch import nn
 from longtail.data.tensors import PAD_INDEX, Batch, InputSchema, SequenceSchema
 from longtail.models.dropout import Dropout
 from longtail.models.fused import zero_padding
+from longtail.models.numeric import PiecewiseLinearEmbedding
 from longtail.models.registry import create_encoder, encoder_class, encoder_parameters
 
 __all__ = [
@@ -35,12 +36,14 @@ __all__ = [
     "build_model",
     "default_embedding_dim",
     "mlp",
+    "numeric_embedding",
     "step_input_size",
 ]
 
 # settings shared by all encoders (each encoder receives those its constructor takes)
 SHARED_ENCODER_SETTINGS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "dropout")
 _OVERRIDABLE = frozenset(("encoder", "encoder_kwargs", *SHARED_ENCODER_SETTINGS))
+NUMERIC_EMBEDDINGS = ("none", "ple")
 
 
 def _dims(value: Any) -> tuple[int, ...]:
@@ -83,6 +86,11 @@ class HeavyConfig:
         cat_embedding_dim: one embedding width for every categorical field; ``None`` uses
             ``default_embedding_dim(cardinality, max_cat_embedding_dim)``.
         max_cat_embedding_dim: cap of the default embedding width rule.
+        numeric_embedding: how numeric inputs (profile and step numerics) enter the model:
+            ``"none"`` as they are; ``"ple"`` through a piecewise-linear embedding over the bin
+            edges fitted with the transforms (`longtail.models.numeric`), ``numeric_embedding_dim``
+            outputs per numeric input.
+        numeric_embedding_dim: output width per numeric input of the ``"ple"`` embedding.
         encoder_kwargs: extra constructor arguments of the encoder, passed as they are.
         sequence_overrides: sequence name -> overrides of ``encoder``, ``encoder_kwargs`` or
             any shared encoder setting for that sequence only.
@@ -103,6 +111,8 @@ class HeavyConfig:
     head_dims: tuple[int, ...] = (64, 8)
     cat_embedding_dim: int | None = None
     max_cat_embedding_dim: int = 16
+    numeric_embedding: str = "none"
+    numeric_embedding_dim: int = 8
     encoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
     sequence_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -118,6 +128,11 @@ class HeavyConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.cat_embedding_dim is not None and self.cat_embedding_dim < 1:
             raise ValueError("cat_embedding_dim must be >= 1 or None")
+        if self.numeric_embedding not in NUMERIC_EMBEDDINGS:
+            raise ValueError(f"numeric_embedding={self.numeric_embedding!r} is not one of {list(NUMERIC_EMBEDDINGS)}")
+        if isinstance(self.numeric_embedding_dim, bool) or not isinstance(self.numeric_embedding_dim, int) \
+                or self.numeric_embedding_dim < 1:
+            raise ValueError(f"numeric_embedding_dim must be an int >= 1, got {self.numeric_embedding_dim!r}")
         for name, overrides in self.sequence_overrides.items():
             unknown = set(overrides) - _OVERRIDABLE
             if unknown:
@@ -185,17 +200,49 @@ def _embedding_dim(cardinality: int, config: HeavyConfig) -> int:
     return default_embedding_dim(cardinality, config.max_cat_embedding_dim)
 
 
+def numeric_embedding(n_numeric: int, edges: Sequence[Sequence[float]], config: HeavyConfig,
+                      where: str) -> PiecewiseLinearEmbedding | None:
+    """The embedding of ``n_numeric`` numeric inputs that ``config`` asks for (``None``: passed as they are).
+
+    Args:
+        n_numeric: numeric inputs.
+        edges: their bin edges (the schema's; ``()`` when the transforms have none).
+        config: model config (``numeric_embedding``, ``numeric_embedding_dim``).
+        where: what the inputs are, for the error message.
+
+    Raises:
+        ValueError: ``numeric_embedding="ple"`` and the schema has no bin edges for these inputs.
+    """
+    if config.numeric_embedding == "none" or n_numeric == 0:
+        return None
+    if not edges:
+        raise ValueError(f"numeric_embedding='ple' needs bin edges of the {where}, and the schema has none: its "
+                         "transforms were fitted before bin edges existed; retrain the model (refitting the "
+                         "transforms) or use numeric_embedding='none'")
+    return PiecewiseLinearEmbedding(edges, config.numeric_embedding_dim)
+
+
+def _numeric_width(n_numeric: int, edges: Sequence[Sequence[float]], config: HeavyConfig, where: str) -> int:
+    if config.numeric_embedding == "none" or n_numeric == 0:
+        return n_numeric
+    if not edges:
+        numeric_embedding(n_numeric, edges, config, where)  # raises the error
+    return n_numeric * config.numeric_embedding_dim  # PiecewiseLinearEmbedding.output_size
+
+
 def step_input_size(seq: SequenceSchema, config: HeavyConfig) -> int:
     """Width ``D_in`` of one embedded step of ``seq`` (what its behavior encoder receives).
 
     Args:
         seq: the sequence's schema.
-        config: model config (embedding widths).
+        config: model config (embedding widths, numeric embedding).
 
     Returns:
-        Sum of the step embedding widths plus the numeric inputs.
+        Sum of the step embedding widths plus the width of the step numerics (the numeric inputs
+        themselves, or ``numeric_embedding_dim`` per input with ``numeric_embedding="ple"``).
     """
-    return seq.n_numeric + sum(_embedding_dim(c, config) for c in seq.cat_cardinalities)
+    num = _numeric_width(seq.n_numeric, seq.numeric_edges, config, f"numeric inputs of sequence {seq.name!r}")
+    return num + sum(_embedding_dim(c, config) for c in seq.cat_cardinalities)
 
 
 def mlp(in_size: int, dims: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
@@ -237,22 +284,27 @@ def build_behavior_encoder(seq: SequenceSchema, config: HeavyConfig) -> nn.Modul
 
 
 class ProfileEncoder(nn.Module):
-    """Profile encoding module: categorical embeddings ∥ numerics -> MLP.
+    """Profile encoding module: categorical embeddings ∥ numerics (or their embedding) -> MLP.
 
     Args:
         n_numeric: numeric profile inputs ``P``.
         cat_cardinalities: table size per categorical profile feature.
         dims: MLP widths.
-        config: model config (embedding widths, dropout).
+        config: model config (embedding widths, numeric embedding, dropout).
+        numeric_edges: bin edges of the numeric inputs (``InputSchema.profile_numeric_edges``),
+            needed with ``numeric_embedding="ple"``.
     """
 
     def __init__(self, n_numeric: int, cat_cardinalities: Sequence[int], dims: Sequence[int],
-                 config: HeavyConfig):
+                 config: HeavyConfig, numeric_edges: Sequence[Sequence[float]] = ()):
         super().__init__()
         self.embeddings = nn.ModuleList(
             nn.Embedding(c, _embedding_dim(c, config), padding_idx=PAD_INDEX) for c in cat_cardinalities
         )
-        self.input_size = n_numeric + sum(e.embedding_dim for e in self.embeddings)
+        numeric = numeric_embedding(n_numeric, numeric_edges, config, "numeric profile inputs")
+        self.numeric = numeric  # None: not a submodule, the state dict of a model without it is unchanged
+        self.input_size = (numeric.output_size if numeric is not None else n_numeric) + sum(
+            e.embedding_dim for e in self.embeddings)
         if self.input_size < 1:
             raise ValueError("the profile has no input (no numeric and no categorical feature)")
         self.mlp = mlp(self.input_size, dims, config.dropout)
@@ -261,15 +313,17 @@ class ProfileEncoder(nn.Module):
     def forward(self, profile_num: torch.Tensor, profile_cat: torch.Tensor) -> torch.Tensor:
         """Args: profile_num (B, P) float, profile_cat (B, C) long. Returns: (B, output_size)."""
         parts = [emb(profile_cat[:, i]) for i, emb in enumerate(self.embeddings)]  # C x (B, E_i)
-        return self.mlp(torch.cat([*parts, profile_num], dim=-1))  # (B, P + sum E_i) -> (B, out)
+        if self.numeric is not None:
+            profile_num = self.numeric(profile_num)  # (B, P * numeric_embedding_dim)
+        return self.mlp(torch.cat([*parts, profile_num], dim=-1))  # (B, P' + sum E_i) -> (B, out)
 
 
 class SequenceEncoder(nn.Module):
-    """Behavior encoding of one sequence: step embeddings ∥ step numerics -> ``encoder``.
+    """Behavior encoding of one sequence: step embeddings ∥ step numerics (or their embedding) -> ``encoder``.
 
     Args:
         seq: the sequence's schema.
-        config: model config (embedding widths).
+        config: model config (embedding widths, numeric embedding).
         encoder: a behavior encoder taking ``(B, T, step_input_size(seq, config))`` and a mask.
     """
 
@@ -278,6 +332,9 @@ class SequenceEncoder(nn.Module):
         self.step_embeddings = nn.ModuleList(
             nn.Embedding(c, _embedding_dim(c, config), padding_idx=PAD_INDEX) for c in seq.cat_cardinalities
         )
+        numeric = numeric_embedding(seq.n_numeric, seq.numeric_edges, config,
+                                    f"numeric inputs of sequence {seq.name!r}")
+        self.numeric = numeric  # None: not a submodule, the state dict of a model without it is unchanged
         self.input_size = step_input_size(seq, config)
         self.max_length = seq.max_length
         enc_in = getattr(encoder, "input_size", self.input_size)
@@ -291,6 +348,8 @@ class SequenceEncoder(nn.Module):
     def forward(self, seq_num: torch.Tensor, seq_cat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: seq_num (B, T, Fn), seq_cat (B, T, Fc), mask (B, T). Returns: (B, output_size)."""
         parts = [emb(seq_cat[..., i]) for i, emb in enumerate(self.step_embeddings)]  # Fc x (B, T, E_i)
+        if self.numeric is not None:
+            seq_num = self.numeric(seq_num)  # (B, T, Fn * numeric_embedding_dim)
         x = torch.cat([*parts, seq_num], dim=-1)  # (B, T, D_in)
         x = zero_padding(x, mask)  # encoders mask too; this keeps NAS encoders safe
         return self.encoder(x, mask)  # (B, H)
@@ -322,7 +381,8 @@ class HeavyModel(nn.Module):
         self.schema = schema
         self.config = config
         self.profile_encoder = ProfileEncoder(
-            schema.n_profile_numeric, schema.profile_cat_cardinalities, config.profile_dims, config
+            schema.n_profile_numeric, schema.profile_cat_cardinalities, config.profile_dims, config,
+            schema.profile_numeric_edges,
         )
         self.behavior_encoders = nn.ModuleDict()
         for seq in schema.sequences:

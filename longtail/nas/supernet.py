@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from longtail.data.tensors import Batch, InputSchema
-from longtail.models.flops import linear_flops
+from longtail.models.flops import linear_flops, numeric_embedding_flops, profile_flops
 from longtail.models.fused import LayerNorm, zero_padding
 from longtail.models.heavy import HeavyConfig, HeavyModel, step_input_size
 from longtail.models.light import AttentiveSum, encoder_fixed_flops, genotype_flops
@@ -206,15 +206,21 @@ def super_encoders(model: HeavyModel) -> dict[str, tuple[SuperEncoder, int]]:
     return out
 
 
+def _outside_flops(model: HeavyModel) -> int:
+    """FLOPs outside the supernets: profile encoder, head and the sequences' numeric embeddings."""
+    steps = sum(numeric_embedding_flops(model.behavior_encoders[s.name]) * s.max_length for s in model.schema.sequences)
+    return profile_flops(model.profile_encoder) + linear_flops(model.head) + steps
+
+
 def model_fixed_flops(model: HeavyModel) -> int:
-    """FLOPs of a supernet model that no decision changes: profile encoder, head, projections."""
-    fixed = linear_flops(model.profile_encoder) + linear_flops(model.head)
+    """FLOPs of a supernet model that no decision changes: profile encoder, head, numeric embeddings, projections."""
+    fixed = _outside_flops(model)
     return fixed + sum(enc.fixed_flops(T) for enc, T in super_encoders(model).values())
 
 
 def expected_model_flops(model: HeavyModel) -> torch.Tensor:
     """Expected FLOPs per sample of the whole light model under ``softmax(alpha)`` (differentiable)."""
-    fixed = linear_flops(model.profile_encoder) + linear_flops(model.head)
+    fixed = _outside_flops(model)
     return sum((enc.expected_flops(T) for enc, T in super_encoders(model).values()), torch.tensor(float(fixed)))
 
 
