@@ -54,7 +54,7 @@ class HPOCandidateConfig:
         seed: the algorithm's seed.
         trial: config keys every trial gets (e.g. ``{"train.epochs": 2}``).
         budget: trials, time and parallel trial processes.
-        early_stopping: median stopping of futureless trials.
+        early_stopping: early stopping of futureless trials (median stopping or successive halving).
     """
 
     space: str = "heavy"

@@ -21,10 +21,12 @@ from longtail.config import parse_overrides
 from longtail.hpo.algorithms import RACOS, create_algorithm, list_algorithms
 from longtail.hpo.runner import (
     Budget,
+    EarlyStopping,
     FunctionEvaluator,
     Journal,
     JournalMismatch,
     MedianStopping,
+    TrialRecord,
     TrialRunner,
     parse_metrics,
 )
@@ -454,6 +456,54 @@ def test_median_stopping_stops_a_bad_trial(tmp_path, calls_dir):
     assert "median stopping" in t.loc[0.5, "reason"] and t.loc[0.5, "value"] == pytest.approx(0.51)
     assert not (calls_dir / "done-0.5").exists()  # stopped, not finished
     assert (t.loc[[0.8, 0.78, 0.79], "status"] == "finished").all()
+
+
+def _halving(tmp_path, curves_by_trial: dict[int, dict[int, float]], **rule) -> TrialRunner:
+    space = SearchSpace.from_yaml("hyperparameters: [{name: t.level, values: [1, 2]}]")
+    runner = _runner(space, tmp_path / "journal.jsonl", Budget(max_trials=20),
+                     stopping=EarlyStopping(algorithm="successive_halving", **rule))
+    for tid, curve in curves_by_trial.items():
+        runner.records[tid] = TrialRecord(tid, {}, status="finished", curve=dict(curve))
+    return runner
+
+
+def test_successive_halving_keeps_the_top_third_at_each_rung(tmp_path):
+    # rungs at steps 1, 3, 9 (start_step 1, η = 3); five trials reached step 1 before
+    runner = _halving(tmp_path, {i: {1: v, 2: v, 3: v + 0.1} for i, v in enumerate([0.70, 0.60, 0.65, 0.55, 0.50])},
+                      min_trials_required=3, reduction_factor=3)
+    new = TrialRecord(99, {}, curve={1: 0.68})
+    assert runner._should_stop(new, 1) == ""  # second of the 6 at the rung: 6 // 3 = 2 go on
+    new.curve = {1: 0.64}
+    assert "ranks 3 of 6" in runner._should_stop(new, 1)
+    new.curve = {1: 0.68, 2: 0.30}
+    assert runner._should_stop(new, 2) == ""  # step 2 is no rung
+    new.curve = {1: 0.68, 2: 0.70, 3: 0.76}
+    assert runner._should_stop(new, 3) == ""  # behind 0.80 only
+    new.curve = {1: 0.68, 2: 0.70, 3: 0.73}
+    assert "ranks 3 of 6" in runner._should_stop(new, 3)  # behind 0.80 and 0.75
+
+
+def test_successive_halving_waits_for_enough_trials_and_checks_its_settings(tmp_path):
+    runner = _halving(tmp_path, {0: {1: 0.9}}, min_trials_required=3)
+    assert runner._should_stop(TrialRecord(5, {}, curve={1: 0.1}), 1) == ""  # 2 at the rung < 3 required
+    assert EarlyStopping(start_step=2, reduction_factor=2).rungs_up_to(20) == [2, 4, 8, 16]
+    for bad, key in [({"algorithm": "hyperband"}, "early_stopping.algorithm"),
+                     ({"reduction_factor": 1}, "early_stopping.reduction_factor"),
+                     ({"start_step": 0}, "early_stopping.start_step")]:
+        with pytest.raises(ValueError, match=key):
+            EarlyStopping(**bad)
+
+
+@pytest.mark.integration
+def test_successive_halving_cuts_bad_trials_in_a_run(tmp_path, calls_dir):
+    space = SearchSpace.from_yaml("hyperparameters: [{name: t.level, values: [0.8, 0.78, 0.79, 0.5]}]")
+    result = _runner(space, tmp_path / "journal.jsonl", Budget(max_trials=4, parallel=1), fn=curves,
+                     stopping=EarlyStopping(algorithm="successive_halving", min_trials_required=2,
+                                            reduction_factor=2)).run()
+    t = result.trials.set_index("t.level")
+    assert t.loc[0.5, "status"] == "early_stopped" and "successive halving" in t.loc[0.5, "reason"]
+    assert not (calls_dir / "done-0.5").exists()
+    assert t.loc[0.8, "status"] == "finished"
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from kubernetes.client import ApiClient
 
 from longtail.hpo.algorithms import list_algorithms
 from longtail.hpo.katib import KATIB_ALGORITHMS, KatibError, katib_algorithm, katib_experiment
-from longtail.hpo.runner import KATIB_STDOUT_FILTER, Budget, MedianStopping, parse_metrics
+from longtail.hpo.runner import KATIB_STDOUT_FILTER, Budget, EarlyStopping, MedianStopping, parse_metrics
 from longtail.hpo.space import SearchSpace, format_value, load_space
 from longtail.hpo.trial_protocol import METRIC, TRIAL_COMMAND, metric_line, trial_args
 
@@ -188,3 +188,10 @@ def test_options_reach_the_trial_pod():
     assert V1beta1Experiment.from_dict(exp).to_dict() == exp
     no_stop = katib_experiment(load_space("fig3"), "tpe", Budget(), "img:1", "/d")
     assert "earlyStopping" not in no_stop["spec"]
+
+
+def test_successive_halving_is_refused_for_katib_naming_the_setting():
+    space = load_space("heavy")
+    with pytest.raises(KatibError, match="early_stopping.algorithm=medianstop"):
+        katib_experiment(space, "tpe", Budget(max_trials=4), "img:1", "/data",
+                         early_stopping=EarlyStopping(algorithm="successive_halving"))

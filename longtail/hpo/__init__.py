@@ -19,6 +19,7 @@ from longtail.hpo.algorithms import (
 from longtail.hpo.runner import (
     Budget,
     CommandEvaluator,
+    EarlyStopping,
     FunctionEvaluator,
     HPOResult,
     JournalMismatch,
@@ -35,6 +36,7 @@ __all__ = [
     "FunctionEvaluator",
     "HPOResult",
     "JournalMismatch",
+    "EarlyStopping",
     "MedianStopping",
     "Param",
     "SearchSpace",

@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from longtail.hpo.runner import KATIB_STDOUT_FILTER, Budget, MedianStopping
+from longtail.hpo.runner import KATIB_STDOUT_FILTER, Budget, EarlyStopping
 from longtail.hpo.space import Param, SearchSpace, format_value
 from longtail.hpo.trial_protocol import METRIC, TRIAL_COMMAND, trial_args
 
@@ -108,7 +108,7 @@ def _feasible(p: Param, algorithm: str) -> tuple[str, dict[str, Any]]:
 def katib_experiment(space: SearchSpace, algorithm: str, budget: Budget, image: str, data_path: str,
                      namespace: str = "kubeflow", name: str = "longtail-hpo", *,
                      trial_settings: Mapping[str, Any] | None = None, config_path: str | None = None,
-                     early_stopping: MedianStopping | None = None, seed: int | None = None,
+                     early_stopping: EarlyStopping | None = None, seed: int | None = None,
                      max_failed_trials: int | None = None, resources: Mapping[str, Any] | None = None,
                      node_selector: Mapping[str, str] | None = None, custom_racos: bool = False,
                      goal: float | None = None) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def katib_experiment(space: SearchSpace, algorithm: str, budget: Budget, image: 
         namespace / name: the Experiment's metadata.
         trial_settings: config keys set for every trial (e.g. ``{"train.epochs": 5}``).
         config_path: a base trial config file inside the container (``--config``).
-        early_stopping: median stopping (``medianstop``); None or disabled: none.
+        early_stopping: median stopping (``medianstop``); None or disabled: none; successive halving
+            is refused (`KatibError`): Katib has no such early-stopping service.
         seed: the suggestion's ``random_state`` (for algorithms that take it).
         max_failed_trials: ``maxFailedTrialCount`` (default: ``max_trials``: failures never end
             the experiment, as locally).
@@ -203,6 +204,11 @@ def katib_experiment(space: SearchSpace, algorithm: str, budget: Budget, image: 
         },
     }
     if early_stopping is not None and early_stopping.enabled:
+        if early_stopping.algorithm != "medianstop":
+            raise KatibError(f"early_stopping.algorithm={early_stopping.algorithm} has no Katib counterpart: Katib "
+                             "v1beta1's early-stopping service is medianstop (its hyperband is a suggestion algorithm "
+                             "that samples at random, not an early-stopping rule); use early_stopping.algorithm="
+                             "medianstop for the Katib experiment, or run the search with `longtail hpo run`")
         spec["earlyStopping"] = {"algorithmName": "medianstop", "algorithmSettings": [
             {"name": "min_trials_required", "value": str(int(early_stopping.min_trials_required))},
             {"name": "start_step", "value": str(int(early_stopping.start_step))},

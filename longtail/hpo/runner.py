@@ -1,4 +1,4 @@
-"""The trial runner: budget, parallel worker processes, median stopping, journal and resume.
+"""The trial runner: budget, parallel worker processes, early stopping, journal and resume.
 
 `TrialRunner` owns everything outside the strategy and the evaluation:
 
@@ -7,7 +7,9 @@
 * **parallel trials**: each trial is its own process (a spawned Python process for a
   `FunctionEvaluator`, a subprocess for a `CommandEvaluator`) and is killed, not asked, when
   it runs past its time limit or is stopped early;
-* **median stopping** (`MedianStopping`): a trial whose best intermediate value up to step
+* **early stopping** (`EarlyStopping`), either successive halving (a trial goes on past a rung only
+  in the top 1/η of the trials that reached it: a multi-fidelity search) or median stopping: a
+  trial whose best intermediate value up to step
   ``e`` is below the median of the finished trials' best values up to ``e`` is stopped and
   recorded as ``early_stopped`` (its best value so far still counts);
 * **fault tolerance**: a trial that raises, exits without a result, times out or reports
@@ -50,6 +52,7 @@ __all__ = [
     "Evaluator",
     "FunctionEvaluator",
     "HPOResult",
+    "EarlyStopping",
     "Journal",
     "JournalMismatch",
     "MedianStopping",
@@ -105,19 +108,54 @@ class Budget:
             raise ValueError("budget: max_seconds and trial_seconds must be >= 0 (0: no limit)")
 
 
+EARLY_STOPPING_ALGORITHMS = ("medianstop", "successive_halving")
+
+
 @dataclass(frozen=True)
-class MedianStopping:
-    """Median stopping of futureless trials (Katib's ``medianstop``, with its setting names).
+class EarlyStopping:
+    """Early stopping of futureless trials: Katib's ``medianstop`` (with its setting names), or
+    asynchronous successive halving (ASHA, the rule of Optuna's ``SuccessiveHalvingPruner``), which
+    makes a search multi-fidelity: most trials are cut at a low step, so many more fit the budget.
 
     Args:
         enabled: whether trials may be stopped early.
-        min_trials_required: finished trials with a value at a step before the rule applies there.
-        start_step: the first step (epoch) at which a trial may be stopped.
+        algorithm: ``medianstop``: at every step from ``start_step`` on, a trial whose best value
+            so far is below the median of the finished trials' best values by that step stops.
+            ``successive_halving``: at the rungs ``start_step * reduction_factor**k`` (k = 0, 1, ...),
+            a trial goes on only if its best value so far is in the top ``1 / reduction_factor`` of
+            the values every trial that reached the rung had there (itself included; at least one
+            goes on).
+        min_trials_required: ``medianstop``: finished trials needed before the rule applies;
+            ``successive_halving``: trials at a rung (itself included) before it can cut there.
+        start_step: the first step (epoch) at which a trial may be stopped; the first rung.
+        reduction_factor: ``successive_halving``: η, the share of trials kept at each rung is 1/η.
     """
 
     enabled: bool = True
+    algorithm: str = "medianstop"
     min_trials_required: int = 3
     start_step: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in EARLY_STOPPING_ALGORITHMS:
+            raise ValueError(f"early_stopping.algorithm is {self.algorithm!r}; use one of "
+                             f"{', '.join(EARLY_STOPPING_ALGORITHMS)}")
+        if self.min_trials_required < 1 or self.start_step < 1:
+            raise ValueError("early_stopping.min_trials_required and early_stopping.start_step must be >= 1")
+        if self.reduction_factor < 2:
+            raise ValueError(f"early_stopping.reduction_factor is {self.reduction_factor}; use 2 or more (3 is usual)")
+
+    def rungs_up_to(self, step: int) -> list[int]:
+        """The successive-halving rungs at or below ``step``."""
+        rungs, r = [], self.start_step
+        while r <= step:
+            rungs.append(r)
+            r *= self.reduction_factor
+        return rungs
+
+
+MedianStopping = EarlyStopping  # the name from before successive halving; the default algorithm is still medianstop
 
 
 @dataclass(frozen=True)
@@ -420,7 +458,7 @@ class TrialRunner:
         budget: trials, seconds and parallelism.
         journal_path: the JSONL journal; trial folders, ``trials.csv`` and ``best_auc.png`` go
             beside it. An existing journal is resumed.
-        early_stopping: the median-stopping rule.
+        early_stopping: the early-stopping rule (median stopping or successive halving).
         log: called with one progress line per event (default: printed with rich).
         poll_seconds: how often running trials are polled.
         context: what else defines the job (e.g. the settings every trial gets); recorded in the
@@ -433,13 +471,13 @@ class TrialRunner:
     """
 
     def __init__(self, space: SearchSpace, algorithm: Algorithm, evaluator: Evaluator, budget: Budget,
-                 journal_path: str | Path, early_stopping: MedianStopping | None = None,
+                 journal_path: str | Path, early_stopping: EarlyStopping | None = None,
                  log: Callable[[str], None] | None = None, poll_seconds: float = 0.05,
                  context: dict[str, Any] | None = None) -> None:
         self.space, self.algorithm, self.evaluator, self.budget = space, algorithm, evaluator, budget
         self.journal = Journal(journal_path)
         self.root = self.journal.path.parent
-        self.early_stopping = early_stopping or MedianStopping(enabled=False)
+        self.early_stopping = early_stopping or EarlyStopping(enabled=False)
         self.log = log or _rich_log()
         self.poll_seconds = poll_seconds
         self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=_json_default))
@@ -629,6 +667,8 @@ class TrialRunner:
         rule = self.early_stopping
         if not rule.enabled or step < rule.start_step:
             return ""
+        if rule.algorithm == "successive_halving":
+            return self._halving_stop(rec, step)
         others = [r.best_up_to(step) for r in self.records.values() if r.status == "finished"]
         others = [v for v in others if v is not None]
         if len(others) < rule.min_trials_required:
@@ -638,6 +678,24 @@ class TrialRunner:
         if mine is not None and mine < median:
             return (f"median stopping: best {mine:.4f} by step {step} < median {median:.4f} of "
                     f"{len(others)} finished trials")
+        return ""
+
+    def _halving_stop(self, rec: TrialRecord, step: int) -> str:
+        rule = self.early_stopping
+        if step not in rule.rungs_up_to(step):
+            return ""
+        mine = rec.best_up_to(step)
+        # every trial that reached the rung, whatever became of it later (finished, stopped, still running)
+        at_rung = [r.best_up_to(step) for r in self.records.values()
+                   if r is not rec and r.curve and max(r.curve) >= step]
+        at_rung = [v for v in at_rung if v is not None]
+        if mine is None or len(at_rung) + 1 < rule.min_trials_required:
+            return ""
+        keep = max(1, (len(at_rung) + 1) // rule.reduction_factor)
+        rank = 1 + sum(v > mine for v in at_rung)
+        if rank > keep:
+            return (f"successive halving: best {mine:.4f} by step {step} ranks {rank} of {len(at_rung) + 1} "
+                    f"trials at this rung; the top {keep} go on")
         return ""
 
     def _finish(self, rec: TrialRecord, status: str, value: float | None, reason: str, seconds: float) -> None:

@@ -70,7 +70,7 @@ class HPOJobConfig:
         data: the table set every trial trains on.
         trial: config keys set for every trial (dotted or nested), e.g. ``{train.epochs: 3}``.
         budget: trials, seconds and parallel trials.
-        early_stopping: median stopping of futureless trials.
+        early_stopping: early stopping of futureless trials (median stopping or successive halving).
         out: the job folder (journal, trial folders, ``trials.csv``, ``best_auc.png``, ``best.json``).
         save_models: also save each trial's model under ``out/trials/<id>/model``.
     """
