@@ -96,3 +96,32 @@ def test_tuned_settings_are_checked(data):
 def test_embedding_width_grows_with_cardinality_up_to_16():
     assert embedding_width(2) == 2 and embedding_width(10) == 6 and embedding_width(10_000) == 16
     assert pd.Series([embedding_width(c) for c in range(1, 500)]).is_monotonic_increasing
+
+
+def _bench_module(monkeypatch, tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("bench_baselines", bench / "baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_baselines", module)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    return module
+
+
+def test_bench_runs_a_subset_of_methods_as_columns(synthetic_tables, monkeypatch, tmp_path):
+    bench = _bench_module(monkeypatch, tmp_path)
+    assert bench.METHOD_NAMES[:5] == ["global_heavy", "global_heavy_bert", "SinH", "lgbm_global", "lgbm_single"]
+    assert {"mlp_global", "lgbm_global_tuned"} <= set(bench.METHOD_NAMES)
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "lgbm_global,xgboost"])
+    assert bench.main(["--data", str(synthetic_tables.root), "--quick", "--methods", "lgbm_global_tuned,mlp_global",
+                       "--tuned-trials", "2", "--mlp-epochs", "1", "--rounds", "20"]) == 0
+    table = pd.read_csv(tmp_path / "baselines_quick.csv")
+    assert list(table.columns) == ["scenario", "n_train", "n_test", "mlp_global", "lgbm_global_tuned"]
+    md = (tmp_path / "baselines_quick.md").read_text()
+    assert "2 TPE trials" in md and (tmp_path / "baselines_quick.png").exists()
