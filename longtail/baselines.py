@@ -38,8 +38,8 @@ from longtail.data.tensors import Batch
 from longtail.data.transforms import FittedTransforms
 from longtail.metrics import auc, per_scenario_auc
 
-__all__ = ["LGBM_SPACE", "LightGBMResult", "MLPResult", "TunedLightGBMResult", "flatten", "lightgbm_fit_predict",
-           "lightgbm_global", "lightgbm_global_tuned", "mlp_global"]
+__all__ = ["LGBM_SPACE", "GlobalFeatures", "LightGBMResult", "MLPResult", "TunedLightGBMResult", "flatten", "global_features",
+           "lightgbm_fit_predict", "lightgbm_global", "lightgbm_global_tuned", "mlp_global"]
 
 
 def flatten(batch: Batch) -> tuple[np.ndarray, list[int]]:
@@ -147,7 +147,7 @@ class LightGBMResult:
 
 
 def lightgbm_global(data: PreparedData, scenarios: Sequence[str] | None = None, *, rounds: int = 1000, seed: int = 0,
-                    num_threads: int = 2) -> LightGBMResult:
+                    num_threads: int = 2, features: GlobalFeatures | None = None) -> LightGBMResult:
     """One LightGBM over every scenario, the scenario as a categorical feature (see the module docstring).
 
     Args:
@@ -156,6 +156,7 @@ def lightgbm_global(data: PreparedData, scenarios: Sequence[str] | None = None, 
         rounds: the most boosting rounds (early stopping on VALID picks how many are kept).
         seed: LightGBM's seed.
         num_threads: LightGBM's threads.
+        features: `global_features(data, scenarios)` already built (several methods share one).
 
     Returns:
         The `LightGBMResult`.
@@ -164,7 +165,7 @@ def lightgbm_global(data: PreparedData, scenarios: Sequence[str] | None = None, 
         ValueError: there are no TRAIN rows, or they hold a single class.
     """
     t0 = time.perf_counter()
-    g = _global_features(data, scenarios, "LightGBM global")
+    g = features or global_features(data, scenarios, "LightGBM global")
     (p_test, p_valid), kept = lightgbm_fit_predict(g.x[TRAIN], g.y[TRAIN], g.x[VALID], g.y[VALID],
                                                    [g.x[TEST], g.x[VALID]], g.cats, rounds, seed, num_threads)
     return LightGBMResult(g.per_scenario(p_test, p_valid), kept, time.perf_counter() - t0,
@@ -172,7 +173,7 @@ def lightgbm_global(data: PreparedData, scenarios: Sequence[str] | None = None, 
 
 
 @dataclass
-class _GlobalFeatures:
+class GlobalFeatures:
     """The flat table of every split (`flatten` plus the scenario index as the last column)."""
 
     scenarios: list[str]
@@ -191,7 +192,9 @@ class _GlobalFeatures:
         return per.drop(columns="note")
 
 
-def _global_features(data: PreparedData, scenarios: Sequence[str] | None, who: str) -> _GlobalFeatures:
+def global_features(data: PreparedData, scenarios: Sequence[str] | None = None,
+                    who: str = "LightGBM global") -> GlobalFeatures:
+    """The flat table of every split of ``scenarios``: transforms fitted on TRAIN, `flatten`, the scenario index."""
     spec = data.spec
     scen = list(scenarios) if scenarios is not None else data.scenarios
     rows = {s: data.rows(s, scen) for s in (TRAIN, VALID, TEST)}
@@ -204,7 +207,7 @@ def _global_features(data: PreparedData, scenarios: Sequence[str] | None, who: s
     cats = feats[TRAIN][1]
     scenario_col = {s: tf.scenario_index(rows[s][spec.scenario]).astype(np.float32)[:, None] for s in rows}
     x = {s: np.concatenate([feats[s][0], scenario_col[s]], axis=1) for s in rows}
-    return _GlobalFeatures(scen, rows, y, x, cats + [x[TRAIN].shape[1] - 1], spec.scenario)
+    return GlobalFeatures(scen, rows, y, x, cats + [x[TRAIN].shape[1] - 1], spec.scenario)
 
 
 # ---------------------------------------------------------------------- LightGBM tuned by TPE
@@ -252,7 +255,8 @@ class TunedLightGBMResult(LightGBMResult):
 def lightgbm_global_tuned(data: PreparedData, scenarios: Sequence[str] | None = None, *, trials: int = 20,
                           seed: int = 0, rounds: int = 1000, num_threads: int = 2, algorithm: str = "tpe",
                           space: dict[str, Any] | None = None,
-                          log: Callable[[str], None] | None = None) -> TunedLightGBMResult:
+                          log: Callable[[str], None] | None = None,
+                          features: GlobalFeatures | None = None) -> TunedLightGBMResult:
     """LightGBM global (as `lightgbm_global`) with its hyperparameters searched on VALID.
 
     Each trial trains on TRAIN with the proposed parameters (over `lightgbm_train`'s defaults),
@@ -277,6 +281,7 @@ def lightgbm_global_tuned(data: PreparedData, scenarios: Sequence[str] | None = 
         space: a search space in `longtail.hpo.space.SearchSpace.from_dict` form whose targets are
             ``lgbm.<LightGBM parameter>`` (default `LGBM_SPACE`).
         log: called with one line per trial.
+        features: `global_features(data, scenarios)` already built.
 
     Returns:
         The `TunedLightGBMResult` (per-scenario AUC, best parameters, every trial).
@@ -296,7 +301,7 @@ def lightgbm_global_tuned(data: PreparedData, scenarios: Sequence[str] | None = 
     if bad:
         raise ValueError(f"lightgbm_global_tuned: space targets {bad} are not LightGBM parameters; "
                          "name them lgbm.<parameter>, e.g. lgbm.num_leaves")
-    g = _global_features(data, scenarios, "LightGBM global tuned")
+    g = features or global_features(data, scenarios, "LightGBM global tuned")
     alg = create_algorithm(algorithm, search_space, seed=seed, max_trials=trials)
     history: list[dict[str, Any]] = []
     best: tuple[float, Any, int, dict[str, Any]] | None = None
@@ -447,7 +452,8 @@ class MLPResult:
 def mlp_global(data: PreparedData, scenarios: Sequence[str] | None = None, *, seed: int = 0, epochs: int = 8,
                hidden: Sequence[int] = (256, 128), dropout: float = 0.1, lr: float = 1e-3,
                weight_decay: float = 1e-2, batch_size: int = 512, warmup_frac: float = 0.0, threads: int = 2,
-               device: str = "auto", show_progress: bool = False) -> MLPResult:
+               device: str = "auto", show_progress: bool = False,
+               features: GlobalFeatures | None = None) -> MLPResult:
     """A plain MLP over every scenario on LightGBM's inputs (see the module docstring).
 
     Inputs: the flat table of `lightgbm_global` (`flatten` plus the scenario index). Numeric
@@ -477,6 +483,7 @@ def mlp_global(data: PreparedData, scenarios: Sequence[str] | None = None, *, se
         threads: torch CPU threads while training (2: both cores of a 2-core machine).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         show_progress: draw a progress bar over the steps.
+        features: `global_features(data, scenarios)` already built.
 
     Returns:
         The `MLPResult`.
@@ -493,7 +500,7 @@ def mlp_global(data: PreparedData, scenarios: Sequence[str] | None = None, *, se
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=epochs,
                       seed=seed, device=device, threads=threads, optimizer="adamw", schedule="cosine",
                       warmup_frac=warmup_frac)
-    g = _global_features(data, scenarios, "MLP global")
+    g = features or global_features(data, scenarios, "MLP global")
     inputs = _FlatInputs.fit(g.x[TRAIN], g.cats)
     scen_col = g.x[TRAIN].shape[1] - 1
     batches = {s: inputs.batch(g.x[s], g.y[s], np.nan_to_num(g.x[s][:, scen_col], nan=-1)) for s in g.x}
