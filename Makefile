@@ -32,7 +32,7 @@ test-fast: $(STAMP) chromium
 lint: $(STAMP)
 	$(BIN)/ruff check longtail tests bench components pipelines serving feature_repo feature_store monitoring
 
-## baselines on flights: global heavy, SinH, LightGBM global and per scenario (QUICK=1 for a short run)
+## baselines on flights: global heavy, SinH, LightGBM global (plain and TPE-tuned) and per scenario, an MLP (QUICK=1 for a short run)
 bench-baselines: $(STAMP)
 	$(BIN)/python bench/baselines.py $(if $(QUICK),--quick,)
 

@@ -1,8 +1,11 @@
-"""Training: Adam, mini-batches, early stopping on validation AUC, resumable checkpoints.
+"""Training: Adam or AdamW, a per-step learning-rate schedule, mini-batches, early stopping on
+validation AUC, resumable checkpoints.
 
 Deterministic under a seed: the shuffling order and dropout of epoch ``e`` depend only on
 (seed, e), so a run resumed from its checkpoint after epoch ``e`` continues exactly as the
-uninterrupted run would. Runs on CUDA when available (``device="auto"``), never requires it.
+uninterrupted run would; the learning rate of step ``s`` is a function of (config, ``s``, the
+number of plateau drops so far) only, so the checkpoint's step counter is the scheduler's whole
+state and a resumed run continues mid-schedule exactly. Runs on CUDA when available (``device="auto"``), never requires it.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ class TrainConfig:
     """Args:
     epochs: maximum epochs (the paper runs 5).
     batch_size: rows per step (the paper uses 512).
-    lr: Adam learning rate (the paper uses 1e-3).
-    weight_decay: Adam weight decay.
+    lr: the (peak) learning rate (the paper uses 1e-3).
+    weight_decay: with ``adam``, L2 added to the gradient (torch's Adam); with ``adamw``, the
+        decoupled weight decay (each step multiplies the weights by ``1 - lr_t * weight_decay``).
     patience: epochs without a better validation AUC before stopping.
     max_steps: stop after this many optimiser steps in total (0 = no limit).
     seed: seed of initialisation, shuffling and dropout.
@@ -47,6 +51,28 @@ class TrainConfig:
         ``lr_drop_factor`` instead, up to this many times; the next stop is final. 0 (the
         paper) stops at once. Needs validation rows, and stays within ``epochs``.
     lr_drop_factor: the learning-rate factor of each drop, in (0, 1).
+    optimizer: ``adam`` (the paper) or ``adamw`` (torch's AdamW: decoupled ``weight_decay``).
+    schedule: the learning rate over the planned steps (``epochs`` x steps per epoch, or
+        ``max_steps`` when that is fewer), set before every optimiser step:
+
+        * ``constant``: ``lr`` throughout (after the warm-up, if any);
+        * ``cosine``: after the warm-up, cosine decay from ``lr`` to 0 over the remaining planned
+          steps (the last step's rate is small but not 0);
+        * ``onecycle``: torch's ``OneCycleLR`` shape with its defaults and ``anneal_strategy=cos``:
+          cosine rise from ``lr / 25`` to ``lr`` over the first ``warmup_frac`` of the planned steps
+          (its ``pct_start``; needs ``warmup_frac > 0``, e.g. 0.3 as torch), then cosine decay to
+          ``lr / 25 / 1e4``. Step ``s`` gets what ``OneCycleLR(total_steps=planned)`` gives after
+          ``s`` scheduler steps.
+    warmup_frac: for ``constant`` and ``cosine``, a linear warm-up over this fraction of the planned
+        steps: step ``s`` (from 0) of the ``W`` warm-up steps gets ``lr * (s + 1) / W``, so no step
+        is wasted at rate 0. For ``onecycle``, its rising phase. In [0, 1); 0 = no warm-up.
+    lr_scale_batch: 0 = off; otherwise the linear scaling rule: the peak rate is
+        ``lr * batch_size / lr_scale_batch`` (``lr`` is then the rate meant for batches of
+        ``lr_scale_batch`` rows).
+
+    The schedule and the plateau rule compose: a drop multiplies the scheduled rate, i.e. step
+    ``s`` after ``k`` drops gets ``schedule(s) * lr_drop_factor ** k``, and the schedule goes on
+    along the global step count (it is not restarted by a drop).
 
     Every value is checked when the config is built (``epochs``, ``batch_size`` and ``patience``
     at least 1, ``lr`` finite and not negative, ...), so a bad value is refused naming its key.
@@ -67,6 +93,10 @@ class TrainConfig:
     threads: int = 1
     lr_drops: int = 0
     lr_drop_factor: float = 0.3
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_frac: float = 0.0
+    lr_scale_batch: int = 0
 
     def __post_init__(self):
         """Every value is checked here, when the config is loaded, before any data is read."""
@@ -91,6 +121,20 @@ class TrainConfig:
             raise ValueError(f"train.lr_drops is {self.lr_drops}; use 0 (stop at the first plateau) or more")
         if not 0.0 < self.lr_drop_factor < 1.0:
             raise ValueError(f"train.lr_drop_factor is {self.lr_drop_factor}; use a factor in (0, 1), e.g. 0.3")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"train.optimizer is {self.optimizer!r}; use adam or adamw")
+        if self.schedule not in ("constant", "cosine", "onecycle"):
+            raise ValueError(f"train.schedule is {self.schedule!r}; use constant, cosine or onecycle")
+        if not (isinstance(self.warmup_frac, int | float) and math.isfinite(self.warmup_frac)
+                and 0.0 <= self.warmup_frac < 1.0):
+            raise ValueError(f"train.warmup_frac is {self.warmup_frac}; use a fraction of the planned steps in "
+                             "[0, 1), e.g. 0.05 (0 = no warm-up)")
+        if self.schedule == "onecycle" and self.warmup_frac == 0.0:
+            raise ValueError("train.warmup_frac is 0 with train.schedule onecycle; give its rising phase, "
+                             "e.g. train.warmup_frac: 0.3 (torch's pct_start)")
+        if self.lr_scale_batch < 0:
+            raise ValueError(f"train.lr_scale_batch is {self.lr_scale_batch}; use 0 (off) or the batch size "
+                             "that train.lr is meant for, e.g. 512")
 
 
 def normalized_train_dict(d: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +146,53 @@ def normalized_train_dict(d: dict[str, Any]) -> dict[str, Any]:
     from longtail.config import config_from_dict
 
     return config_to_dict(config_from_dict(TrainConfig, dict(d), "train"))
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """``cfg.lr``, scaled by ``batch_size / lr_scale_batch`` when the linear scaling rule is on."""
+    return cfg.lr * cfg.batch_size / cfg.lr_scale_batch if cfg.lr_scale_batch else cfg.lr
+
+
+def planned_steps(cfg: TrainConfig, n_rows: int) -> int:
+    """The optimiser steps the schedule spans: ``epochs`` x steps per epoch, or ``max_steps`` when fewer."""
+    total = cfg.epochs * max(1, math.ceil(n_rows / cfg.batch_size))
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def scheduled(cfg: TrainConfig) -> bool:
+    """Whether ``fit`` sets the learning rate before every step (any schedule other than a flat one)."""
+    return cfg.schedule != "constant" or cfg.warmup_frac > 0
+
+
+def lr_at(cfg: TrainConfig, step: int, planned: int) -> float:
+    """The scheduled learning rate of optimiser step ``step`` (0-based) of ``planned`` (before drops).
+
+    See `TrainConfig` (``schedule``, ``warmup_frac``, ``lr_scale_batch``) for the shapes.
+    """
+    peak = peak_lr(cfg)
+    planned = max(1, planned)
+    step = min(max(0, step), planned - 1)
+    if cfg.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR, defaults, anneal "cos"
+        initial = peak / 25.0
+        final = initial / 1e4
+        rise_end = float(cfg.warmup_frac * planned) - 1
+        if step <= rise_end:
+            start, end, pct = initial, peak, step / rise_end if rise_end > 0 else 1.0
+        else:
+            span = (planned - 1) - rise_end
+            start, end, pct = peak, final, (step - rise_end) / span if span > 0 else 1.0
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+    warm = int(round(cfg.warmup_frac * planned))
+    if step < warm:
+        return peak * (step + 1) / warm
+    if cfg.schedule == "cosine":
+        return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, planned - warm)))
+    return peak
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=peak_lr(cfg), weight_decay=cfg.weight_decay)
 
 
 class CheckpointMismatch(RuntimeError):
@@ -173,7 +264,7 @@ def fit(
     device = resolve_device(cfg.device)
     model.to(device)
     loss_fn = loss_fn or (lambda m, b: bce_loss(m(b), b.label))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     state = {"epoch": 0, "steps": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0,
              "history": [], "done": False, "lr_drops": 0}
     best_state = copy.deepcopy(model.state_dict())
@@ -263,6 +354,8 @@ def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resume
                 on_epoch, show_progress, description, valid_score=None) -> TrainResult:
     n = len(train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    planned = planned_steps(cfg, n)
+    with_schedule = scheduled(cfg)
     progress = _progress(show_progress)
     task = progress.add_task(description, total=cfg.epochs * steps_per_epoch,
                              completed=state["epoch"] * steps_per_epoch) if progress else None
@@ -282,6 +375,10 @@ def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resume
                 loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if with_schedule:  # drops multiply the scheduled rate (see TrainConfig)
+                    lr = lr_at(cfg, state["steps"], planned) * cfg.lr_drop_factor ** state.get("lr_drops", 0)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
                 opt.step()
                 total += loss.item() * len(batch)
                 count += len(batch)
@@ -291,6 +388,8 @@ def _fit_epochs(model, train, valid, cfg, device, opt, state, best_state, resume
                 if cfg.max_steps and state["steps"] >= cfg.max_steps:
                     break
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "steps": state["steps"]}
+            if with_schedule:
+                record["lr"] = opt.param_groups[0]["lr"]  # the rate of the epoch's last step
             record["valid_auc"] = None
             if valid is not None and len(valid):
                 record.update(_score(model, valid, device, valid_score))
