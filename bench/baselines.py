@@ -11,11 +11,16 @@
                         an embedding per categorical column), AdamW + cosine schedule, the epoch
                         kept on VALID (``longtail.baselines.mlp_global``);
 * ``lgbm_global_tuned`` lgbm_global with its hyperparameters chosen by TPE on VALID AUC
-                        (``longtail.baselines.lightgbm_global_tuned``, ``--tuned-trials`` trials).
+                        (``longtail.baselines.lightgbm_global_tuned``, ``--tuned-trials`` trials);
+* ``theta0_toolbox``    the heavy model of the ``toolbox`` recipe preset (flat encoder, piecewise-
+                        linear numeric embeddings, AdamW + cosine; its own epochs) on all carriers'
+                        training rows: θ0 built on every carrier, as the pipelines' refresh builds it.
 
 Every method fits on TRAIN, chooses (epochs, rounds, parameters) on VALID and is scored on TEST.
-``--methods a,b`` runs a subset (the tables then hold those columns only). A new column is one
-entry of ``METHODS``: a name and a function ``(Context) -> (per-scenario test AUC, note)``.
+``--methods a,b`` runs a subset; with ``--keep`` the other columns of the previous result files
+(same mode) stay, each with the command that made it, so one column can be added or redone without
+rerunning the rest. A new column is one entry of ``METHODS``: a name and a function
+``(Context) -> (per-scenario test AUC, note)``.
 
 Writes ``bench/results/baselines.{csv,md,png}`` (``--quick`` writes ``baselines_quick.*``).
 Run: ``make bench-baselines`` (full, 5 epochs as in the paper) or ``make bench-baselines QUICK=1``.
@@ -53,6 +58,7 @@ from longtail.data.transforms import FittedTransforms
 from longtail.io import atomic_path, atomic_write_text
 from longtail.metrics import per_scenario_auc
 from longtail.models.heavy import HeavyConfig
+from longtail.onboarding.recipe import Recipe
 from longtail.train import TrainConfig
 from longtail.train_job import evaluate_heavy, train_heavy
 
@@ -141,6 +147,16 @@ def lgbm_tuned(ctx: Context) -> Outcome:
     return r.per_scenario.set_index("scenario")["auc"], f"{len(r.trials)} TPE trials; best {r.rounds} rounds, {best}"
 
 
+def theta0_toolbox(ctx: Context) -> Outcome:
+    recipe = Recipe.from_preset("toolbox")
+    train = recipe.train if not ctx.args.quick else TrainConfig(**{**recipe.train.__dict__, "epochs": ctx.args.epochs})
+    train = TrainConfig(**{**train.__dict__, "seed": ctx.args.seed})
+    tr = train_heavy(ctx.data, ctx.scenarios, recipe.model, train, show_progress=ctx.args.progress,
+                     description="theta0_toolbox")
+    per = evaluate_heavy(tr.model, tr.transforms, ctx.data, ctx.scenarios)
+    return per.set_index("scenario")["auc"], f"{train.epochs} epochs, best epoch {tr.result.best_epoch}"
+
+
 # the columns, in order: add a method here (name, function) and it is a column of every table
 METHODS: list[tuple[str, Callable[[Context], Outcome]]] = [
     ("global_heavy", _global_heavy(LSTM, "global_heavy")),
@@ -150,6 +166,7 @@ METHODS: list[tuple[str, Callable[[Context], Outcome]]] = [
     ("lgbm_single", lgbm_single),
     ("mlp_global", mlp),
     ("lgbm_global_tuned", lgbm_tuned),
+    ("theta0_toolbox", theta0_toolbox),
 ]
 METHOD_NAMES = [name for name, _ in METHODS]
 
@@ -184,13 +201,40 @@ def run(args: argparse.Namespace) -> None:
         "n_train": [len(data.rows(TRAIN, [s])) + len(data.rows(VALID, [s])) for s in scenarios],
         "n_test": [len(data.rows(TEST, [s])) for s in scenarios],
     })
+    command = f"python bench/baselines.py {' '.join(sys.argv[1:])}"
+    made_by = {m: command for m in columns}
+    if args.keep:
+        columns, timings, notes, made_by = keep_previous(tag, columns, timings, notes, made_by)
     methods = [m for m in METHOD_NAMES if m in columns]
     table = sizes.assign(**{m: sizes["scenario"].map(columns[m]) for m in methods})
-    write_results(table, methods, timings, notes, tag, args, total=time.perf_counter() - t0, dataset=data.spec.name)
+    write_results(table, methods, timings, notes, made_by, tag, args, total=time.perf_counter() - t0,
+                  dataset=data.spec.name)
+
+
+def keep_previous(tag: str, columns: dict, timings: dict, notes: dict, made_by: dict):
+    """Add the columns of the previous ``<tag>`` result files that this run did not compute, with their
+    run time, note and the command that made them (files written before commands were recorded name
+    the command in their Markdown header)."""
+    csv, tim, md = RESULTS / f"{tag}.csv", RESULTS / f"{tag}_timings.json", RESULTS / f"{tag}.md"
+    if not csv.exists() or not tim.exists():
+        return columns, timings, notes, made_by
+    prev = pd.read_csv(csv).set_index("scenario")
+    saved = json.loads(tim.read_text())
+    header = next((line for line in md.read_text().splitlines() if line.startswith("Command: `")), "") \
+        if md.exists() else ""
+    old_command = header.split("`")[1] if header.count("`") >= 2 else "an earlier run of bench/baselines.py"
+    for m in METHOD_NAMES:
+        if m in columns or m not in prev:
+            continue
+        columns[m] = prev[m]
+        timings[m] = float(saved.get("seconds", {}).get(m, float("nan")))
+        notes[m] = saved.get("notes", {}).get(m, "")
+        made_by[m] = saved.get("made_by", {}).get(m, old_command)
+    return columns, timings, notes, made_by
 
 
 def write_results(table: pd.DataFrame, methods: list[str], timings: dict[str, float], notes: dict[str, str],
-                  tag: str, args: argparse.Namespace, total: float, dataset: str) -> None:
+                  made_by: dict[str, str], tag: str, args: argparse.Namespace, total: float, dataset: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with atomic_path(RESULTS / f"{tag}.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
@@ -208,6 +252,15 @@ def write_results(table: pd.DataFrame, methods: list[str], timings: dict[str, fl
         "lgbm_global, mlp_global and lgbm_global_tuned share one flat feature table, built (and timed) in the "
         "first of them to run.",
         "",
+    ]
+    current = f"python bench/baselines.py {' '.join(sys.argv[1:])}"
+    kept = sorted({made_by[m] for m in methods} - {current})
+    if kept:
+        lines += ["The settings above are this run's. Columns kept from earlier runs (`--keep`), by the command "
+                  "that made them (its settings in the notes below and in git history):", ""]
+        lines += [f"* `{c}`: " + ", ".join(m for m in methods if made_by.get(m) == c) for c in kept]
+        lines += [""]
+    lines += [
         "| scenario | n_train | n_test | " + " | ".join(methods) + " |",
         "|---|---:|---:|" + "---:|" * len(methods),
     ]
@@ -222,7 +275,7 @@ def write_results(table: pd.DataFrame, methods: list[str], timings: dict[str, fl
     atomic_write_text(RESULTS / f"{tag}.md", "\n".join(lines) + "\n")
     atomic_write_text(RESULTS / f"{tag}_timings.json",
                       json.dumps({"seconds": timings, "total_seconds": total, "mean_auc": means.to_dict(),
-                                  "notes": notes}, indent=2))
+                                  "notes": notes, "made_by": {m: made_by[m] for m in methods}}, indent=2))
     plot(table, RESULTS / f"{tag}.png", dataset, methods)
     print("\n".join(lines))
 
@@ -241,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated columns to run (default all: {','.join(METHOD_NAMES)})")
     p.add_argument("--mlp-epochs", type=int, help="mlp_global epochs (default 8, quick 3)")
     p.add_argument("--tuned-trials", type=int, help="lgbm_global_tuned TPE trials (default 20, quick 4)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the previous result files' columns that this run does not compute")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from the committed CSV")

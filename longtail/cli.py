@@ -7,8 +7,8 @@
     longtail data validate DIR
     longtail train    --data DIR [--config FILE] [--set key=value ...] [--out DIR] [--strategy global|single]
     longtail evaluate RUN_DIR
-    longtail meta run [--strategy sinh|meh] [--recipe default|paper] [--data DIR] [--out DIR] [--set ...]
-    longtail nas light --meh-out RUN [--recipe default|paper] [--registry R]
+    longtail meta run [--strategy sinh|meh] [--recipe default|paper|toolbox] [--data DIR] [--out DIR] [--set ...]
+    longtail nas light --meh-out RUN [--recipe default|paper|toolbox] [--registry R]
     longtail registry list|show|promote|rollback|serving|gc
     longtail pipelines ... / serve ... / drift ...   (the integration layers' command groups)
 
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("run", help="run a strategy: SinH or MeH (8 initial scenarios, then arrivals)")
     config_args(m, "e.g. --set recipe.meta.finetune.epochs=3 --set recipe.model.encoder=bert")
     m.add_argument("--data", help="table-set folder")
-    m.add_argument("--recipe", help="recipe preset (default, paper); its fields with --set recipe.x=y")
+    m.add_argument("--recipe", help="recipe preset (default, paper, toolbox); its fields with --set recipe.x=y")
     m.add_argument("--epochs", type=int, help="shortcut for --set recipe.train.epochs=N (θ0 and SinH)")
     m.add_argument("--encoder", help="shortcut for --set recipe.model.encoder=NAME (lstm, bert, ...)")
     m.add_argument("--out", help="run folder")

@@ -125,3 +125,22 @@ def test_bench_runs_a_subset_of_methods_as_columns(synthetic_tables, monkeypatch
     assert list(table.columns) == ["scenario", "n_train", "n_test", "mlp_global", "lgbm_global_tuned"]
     md = (tmp_path / "baselines_quick.md").read_text()
     assert "2 TPE trials" in md and (tmp_path / "baselines_quick.png").exists()
+
+
+def test_bench_keeps_earlier_columns_with_the_command_that_made_them(synthetic_tables, monkeypatch, tmp_path):
+    bench = _bench_module(monkeypatch, tmp_path)
+    common = ["--data", str(synthetic_tables.root), "--quick", "--rounds", "20", "--epochs", "1"]
+    monkeypatch.setattr("sys.argv", ["baselines.py", *common, "--methods", "lgbm_global"])
+    assert bench.main([*common, "--methods", "lgbm_global"]) == 0
+    first = pd.read_csv(tmp_path / "baselines_quick.csv")
+    monkeypatch.setattr("sys.argv", ["baselines.py", *common, "--methods", "theta0_toolbox", "--keep"])
+    assert bench.main([*common, "--methods", "theta0_toolbox", "--keep"]) == 0
+    table = pd.read_csv(tmp_path / "baselines_quick.csv")
+    assert list(table.columns) == ["scenario", "n_train", "n_test", "lgbm_global", "theta0_toolbox"]
+    assert table["lgbm_global"].equals(first["lgbm_global"])  # kept as it was, not rerun
+    assert table["theta0_toolbox"].between(0, 1).all()
+    md = (tmp_path / "baselines_quick.md").read_text()
+    assert "Columns kept from earlier runs" in md and "--methods lgbm_global`: lgbm_global" in md
+    # without --keep a subset run holds its own columns only
+    assert bench.main([*common, "--methods", "lgbm_global"]) == 0
+    assert list(pd.read_csv(tmp_path / "baselines_quick.csv").columns)[3:] == ["lgbm_global"]

@@ -68,7 +68,7 @@ def add_commands(sub) -> None:
     li = nsub.add_parser("light", help="MeL and Ours (budget-limited NAS + distillation) for every θu of a MeH run")
     li.add_argument("--meh-out", help="the MeH run folder (its models/<scenario> are the teachers)")
     li.add_argument("--data", help="table set (default: the MeH run's, from its config.yaml)")
-    li.add_argument("--recipe", help="recipe preset (default, paper); fields with --set recipe.light.x=y")
+    li.add_argument("--recipe", help="recipe preset (default, paper, toolbox); fields with --set recipe.light.x=y")
     li.add_argument("--out", help="job folder (default runs/light)")
     li.add_argument("--registry", help="publish every Ours model here (path, file:// or s3:// URI)")
     config_args(li, "e.g. --set recipe.light.budget_fraction_of_mel=0.5")

@@ -21,7 +21,13 @@ Presets (what each sets; their measured figures are in ``bench/results/nas.md`` 
   steps, no restarts, epoch kept by VALID AUC) with Eq. 4's linear FLOPs term; MeL is the
   pre-defined light model trained from scratch.
 
-Both share the heavy model, its training and the fine-tune of θu.
+Both share the heavy model (the paper's 6-layer LSTM, hidden 15), its training and the fine-tune of θu.
+
+* ``toolbox``: the ``default`` light strategies on another heavy model: a ``flat`` behavior encoder
+  (an MLP over every step) with piecewise-linear numeric embeddings, trained with AdamW, weight
+  decay and a cosine schedule, the epoch kept on VALID rows; θu fine-tunes it at a tenth of its
+  learning rate. The model a user would build for tabular data with short histories, not one
+  tuned to any dataset.
 
 Example:
     >>> Recipe.from_preset("paper").light.transfer.rows
@@ -55,7 +61,8 @@ class Recipe:
     """Every setting of onboarding a scenario, starting from a named preset.
 
     Args:
-        preset: the preset the other fields start from (``default`` or ``paper``, see `PRESETS`).
+        preset: the preset the other fields start from (``default``, ``paper`` or ``toolbox``, see
+            `PRESETS`).
         model: the heavy architecture of θ0 (and of the SinH reference).
         train: training of θ0 on the initial scenarios (and of SinH).
         meta: the fine-tune of θu on the support set, the query feedback and θ0's update rule.
@@ -101,4 +108,16 @@ def _paper() -> Recipe:
     return Recipe(preset="paper", light=light)
 
 
-PRESETS: dict[str, Callable[[], Recipe]] = {"default": _default, "paper": _paper}
+TOOLBOX_MODEL = HeavyConfig(encoder="flat", num_layers=1, hidden_size=128, numeric_embedding="ple",
+                            numeric_embedding_dim=8, profile_dims=(128,), head_dims=(256, 128), dropout=0.1)
+TOOLBOX_TRAIN = TrainConfig(epochs=8, batch_size=512, lr=1e-3, optimizer="adamw", weight_decay=1e-2,
+                            schedule="cosine", warmup_frac=0.05, patience=3)
+
+
+def _toolbox() -> Recipe:
+    finetune = TrainConfig(epochs=3, batch_size=512, lr=1e-4, optimizer="adamw", weight_decay=1e-2,
+                           schedule="cosine", patience=1)
+    return Recipe(preset="toolbox", model=TOOLBOX_MODEL, train=TOOLBOX_TRAIN, meta=MetaConfig(finetune=finetune))
+
+
+PRESETS: dict[str, Callable[[], Recipe]] = {"default": _default, "paper": _paper, "toolbox": _toolbox}
