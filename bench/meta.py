@@ -1,4 +1,6 @@
-"""SinH vs MeH on the real flights data, with LSTM and BERT heavy encoders (paper Table III/IV).
+"""SinH vs MeH on the real flights data, with LSTM and BERT heavy encoders (paper Table III/IV),
+and the ``toolbox`` recipe preset's heavy model (``--encoders toolbox``: the preset's own model,
+training and fine-tune; ``--epochs`` applies to it in quick mode only).
 
 For each encoder: SinH trains one heavy model per carrier on its own rows; MeH trains θ0 on 8
 randomly drawn carriers, then onboards every carrier in a random arrival order (fine-tune a copy
@@ -13,6 +15,7 @@ Run: ``make bench-meta`` (full: 5 epochs as in the paper) or ``make bench-meta Q
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -30,13 +33,16 @@ from longtail.meta.finetune import MetaConfig
 from longtail.models.heavy import HeavyConfig
 from longtail.onboarding import Recipe
 from longtail.onboarding.protocol import run_meh, run_sinh
+from longtail.onboarding.recipe import TOOLBOX_MODEL
 from longtail.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENCODERS = {
     "lstm": HeavyConfig(encoder="lstm", num_layers=6, hidden_size=15),
     "bert": HeavyConfig(encoder="bert", num_layers=6, hidden_size=15, intermediate_size=32),
+    "toolbox": TOOLBOX_MODEL,  # the toolbox preset, whose training and fine-tune it keeps
 }
+PRESET_ENCODERS = {"toolbox": "toolbox"}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     if args.keep:
         table, timings, info, kept = keep_previous(tag, table, args.encoders)
     for enc in args.encoders:
-        recipe = protocol(enc, args.epochs, args.seed)
+        recipe = protocol(enc, args.epochs, args.seed, quick=args.quick)
         out = Path(args.work) / enc
         sinh = run_sinh(data, recipe.model, recipe.train, out=out / "sinh", log=print)
         meh = run_meh(data, recipe, out=out / "meh", log=print)
@@ -75,18 +81,25 @@ def run(args: argparse.Namespace) -> None:
         write_results(table, timings, info, tag, done, time.perf_counter() - t0, data.spec.name)
 
 
-def protocol(enc: str, epochs: int, seed: int) -> Recipe:
-    """The default recipe with this benchmark's heavy encoder, epochs (θ0, SinH and θu's fine-tune) and seed."""
+def protocol(enc: str, epochs: int, seed: int, quick: bool = False) -> Recipe:
+    """The default recipe with this benchmark's heavy encoder, epochs (θ0, SinH and θu's fine-tune) and seed;
+    for a preset's column (``toolbox``) the preset with this seed (and ``epochs`` only in quick mode)."""
+    if enc in PRESET_ENCODERS:
+        r = Recipe.from_preset(PRESET_ENCODERS[enc])
+        train = dataclasses.replace(r.train, seed=seed, **({"epochs": epochs} if quick else {}))
+        finetune = dataclasses.replace(r.meta.finetune, seed=seed,
+                                       **({"epochs": min(epochs, r.meta.finetune.epochs)} if quick else {}))
+        return dataclasses.replace(r, train=train, meta=dataclasses.replace(r.meta, finetune=finetune, seed=seed))
     return Recipe(model=ENCODERS[enc], train=TrainConfig(epochs=epochs, seed=seed),
                   meta=MetaConfig(finetune=TrainConfig(epochs=epochs, patience=2, seed=seed), seed=seed))
 
 
-def build_teachers(data, enc: str, epochs: int, seed: int, work: str | Path, log=print):
+def build_teachers(data, enc: str, epochs: int, seed: int, work: str | Path, log=print, quick: bool = False):
     """MeH alone for one encoder into ``<work>/<enc>/meh`` (θ0 and every θu), as ``run`` makes it.
 
     ``bench/nas.py`` calls it when its θu teachers are missing, so that it runs on a fresh clone
     without the SinH half of this benchmark."""
-    return run_meh(data, protocol(enc, epochs, seed), out=Path(work) / enc / "meh", log=log)
+    return run_meh(data, protocol(enc, epochs, seed, quick=quick), out=Path(work) / enc / "meh", log=log)
 
 
 def keep_previous(tag: str, table: pd.DataFrame, running: list[str]):
@@ -160,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench-meta", help="folder for the models and θ0 stores")
     p.add_argument("--quick", action="store_true", help="1 epoch, LSTM only, for iteration")
     p.add_argument("--epochs", type=int, help="epochs (default 5, quick 1)")
-    p.add_argument("--encoders", default=None, help="comma list (default lstm,bert; quick lstm)")
+    p.add_argument("--encoders", default=None, help="comma list of lstm, bert, toolbox (default lstm,bert; "
+                   "quick lstm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true",
                    help="keep the other encoders' columns from the previous result files (run one encoder at a time)")

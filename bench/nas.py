@@ -1,6 +1,7 @@
 """MeH vs MeL vs Ours on the real flights data (paper Tables III–V), per recipe, with ablations.
 
-For every carrier and each heavy encoder (LSTM, BERT), the scenario-specific heavy model θu of the
+For every carrier and each heavy encoder (LSTM, BERT; ``toolbox``: the ``toolbox`` recipe preset's
+heavy model and MeL, ``--encoders toolbox``), the scenario-specific heavy model θu of the
 MeH run of ``bench/meta.py`` (``runs/bench-meta/<encoder>/meh/models/<carrier>``) is the teacher;
 when that run is missing, its MeH half is run first (``meta.build_teachers``). Each *variant* is
 one call of `longtail.onboarding.onboard` per carrier with that θu (the same function the pipelines
@@ -63,10 +64,11 @@ QUICK_DEFAULT = ["light.pretrain.epochs=1", "light.pretrain.rows=16384", "light.
                  "light.retrain.lr_drops=0", "light.restarts.runs=1"]
 
 
-def recipe_for(variant: str, args: argparse.Namespace) -> Recipe:
-    """The recipe of a variant: its preset, the quick-mode overrides, then the variant's own."""
-    preset = "paper" if variant == "paper" else "default"
-    quick = QUICK + (QUICK_DEFAULT if preset == "default" else [])
+def recipe_for(variant: str, args: argparse.Namespace, enc: str = "") -> Recipe:
+    """The recipe of a variant: its preset (``toolbox`` teachers get the ``toolbox`` preset, whose light side
+    is ``default``'s with its own MeL), the quick-mode overrides, then the variant's own."""
+    preset = "paper" if variant == "paper" else ("toolbox" if enc == "toolbox" else "default")
+    quick = QUICK + (QUICK_DEFAULT if preset != "paper" else [])
     pairs = list(quick if args.quick else []) + [f"train.seed={args.seed}", f"light.train.seed={args.seed}",
                                                  f"light.search.seed={args.seed}", f"meta.seed={args.seed}"]
     pairs += ABLATIONS.get(variant, []) + args.custom.get(variant, [])
@@ -152,13 +154,13 @@ def run(args: argparse.Namespace) -> None:
 
             print(f"{enc}: no θu teachers in {args.meta_work}/{enc}/meh; building them (MeH of bench/meta.py, "
                   f"{'1' if args.quick else '5'} epochs, without its SinH half)", flush=True)
-            build_teachers(data, enc, 1 if args.quick else 5, args.seed, args.meta_work)
+            build_teachers(data, enc, 1 if args.quick else 5, args.seed, args.meta_work, quick=args.quick)
     for enc, variant in work_items:
         meh = Path(args.meta_work) / enc / "meh"
         work = Path(args.work) / enc
         work.mkdir(parents=True, exist_ok=True)
         done_file = work / f"{variant}.jsonl"
-        recipe = recipe_for(variant, args)
+        recipe = recipe_for(variant, args, enc)
         check_recipe(done_file, recipe)
         done = _rows(done_file)
         todo = [s for s in scenarios if s not in done]

@@ -276,3 +276,26 @@ def test_ple_flat_model_is_served_by_a_compiled_graph(data, transforms):
     model = build_model(transforms.schema, PLE_FLAT).eval()
     forward = GraphCache("auto").compile(model, ServingEncoder(transforms), {"kind": "test"})
     assert forward.backend == ("onnxruntime" if _has_onnxruntime() else "torchscript")
+
+
+def test_the_toolbox_preset_builds_a_light_mel_of_the_same_family(transforms):
+    from longtail.models.flops import count_flops
+    from longtail.nas.config import LightConfig, MeLConfig
+    from longtail.nas.strategies import mel_config
+    from longtail.onboarding.recipe import Recipe
+
+    recipe = Recipe.from_preset("toolbox")
+    assert (recipe.model.encoder, recipe.model.numeric_embedding) == ("flat", "ple")
+    assert (recipe.train.optimizer, recipe.train.schedule) == ("adamw", "cosine")
+    mel = mel_config(recipe.model, recipe.light)
+    assert (mel.encoder, mel.num_layers, mel.hidden_size) == ("flat", 1, 32)
+    assert (mel.profile_dims, mel.head_dims, mel.numeric_embedding) == (recipe.model.profile_dims,
+                                                                          recipe.model.head_dims, "ple")
+    heavy = count_flops(build_model(transforms.schema, recipe.model))["total"]
+    light = count_flops(build_model(transforms.schema, mel))["total"]
+    assert light < heavy
+    # hidden_size 0 keeps the teacher's width (the paper's presets), and bad values name the key
+    assert mel_config(recipe.model, LightConfig(mel=MeLConfig(layers=2))).hidden_size == 128
+    for bad, key in [({"hidden_size": -1}, "light.mel.hidden_size"), ({"layers": 0}, "light.mel.layers")]:
+        with pytest.raises(ValueError, match=key):
+            MeLConfig(**bad)

@@ -127,12 +127,22 @@ class MeLConfig:
     Args:
         encoder: its behavior encoder (``lstm``, ``bert``, ...); empty: the teacher's encoder.
         layers: encoder layers (the paper: 3).
+        hidden_size: its encoder width; 0: the teacher's (the paper's models are all 15 wide). A
+            narrower encoder is how a wide one-layer teacher (the ``flat`` encoder) gets a light MeL;
+            the profile encoder, embeddings and head keep the teacher's widths either way.
         transfer_rows: transfer-set rows of MeL's training (see `TransferConfig`; 0: none).
     """
 
     encoder: str = ""
     layers: int = 3
+    hidden_size: int = 0
     transfer_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ValueError(f"light.mel.layers is {self.layers}; use 1 or more (the paper: 3)")
+        if self.hidden_size < 0:
+            raise ValueError(f"light.mel.hidden_size is {self.hidden_size}; use 0 (the teacher's) or a width >= 1")
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,8 @@ def _evaluate(model: nn.Module, rows: ScenarioRows, repeats: int) -> tuple[float
 
 def mel_config(model_cfg: HeavyConfig, light_cfg: LightConfig) -> HeavyConfig:
     """The pre-defined light architecture: the teacher's widths with ``light.mel``'s layers (and encoder,
-    the teacher's when ``light.mel.encoder`` is empty).
+    the teacher's when ``light.mel.encoder`` is empty; and encoder width, when ``light.mel.hidden_size``
+    is set).
 
     Args:
         model_cfg: the teacher's (scenario-specific heavy model's) config.
@@ -173,6 +174,8 @@ def mel_config(model_cfg: HeavyConfig, light_cfg: LightConfig) -> HeavyConfig:
     """
     encoder = light_cfg.mel.encoder or model_cfg.encoder
     changes: dict[str, Any] = {"num_layers": light_cfg.mel.layers, "encoder": encoder}
+    if light_cfg.mel.hidden_size:
+        changes["hidden_size"] = light_cfg.mel.hidden_size
     if encoder != model_cfg.encoder:
         changes["encoder_kwargs"] = {}  # the teacher's extra arguments belong to its own encoder
     return dataclasses.replace(model_cfg, **changes)

@@ -26,8 +26,8 @@ Both share the heavy model (the paper's 6-layer LSTM, hidden 15), its training a
 * ``toolbox``: the ``default`` light strategies on another heavy model: a ``flat`` behavior encoder
   (an MLP over every step) with piecewise-linear numeric embeddings, trained with AdamW, weight
   decay and a cosine schedule, the epoch kept on VALID rows; θu fine-tunes it at a tenth of its
-  learning rate. The model a user would build for tabular data with short histories, not one
-  tuned to any dataset.
+  learning rate. MeL (and so Ours' FLOPs budget) is the same model with a 32-wide encoder. The
+  model a user would build for tabular data with short histories, not one tuned to any dataset.
 
 Example:
     >>> Recipe.from_preset("paper").light.transfer.rows
@@ -45,6 +45,7 @@ from longtail.meta.finetune import MetaConfig
 from longtail.models.heavy import HeavyConfig
 from longtail.nas.config import (
     LightConfig,
+    MeLConfig,
     PretrainConfig,
     RestartConfig,
     RetrainConfig,
@@ -117,7 +118,10 @@ TOOLBOX_TRAIN = TrainConfig(epochs=8, batch_size=512, lr=1e-3, optimizer="adamw"
 def _toolbox() -> Recipe:
     finetune = TrainConfig(epochs=3, batch_size=512, lr=1e-4, optimizer="adamw", weight_decay=1e-2,
                            schedule="cosine", patience=1)
-    return Recipe(preset="toolbox", model=TOOLBOX_MODEL, train=TOOLBOX_TRAIN, meta=MetaConfig(finetune=finetune))
+    # MeL: the teacher with a 32-wide encoder (the budget of Ours): the same family, light
+    light = LightConfig(mel=MeLConfig(layers=1, hidden_size=32))
+    return Recipe(preset="toolbox", model=TOOLBOX_MODEL, train=TOOLBOX_TRAIN, meta=MetaConfig(finetune=finetune),
+                  light=light)
 
 
 PRESETS: dict[str, Callable[[], Recipe]] = {"default": _default, "paper": _paper, "toolbox": _toolbox}
