@@ -89,12 +89,16 @@ def test_encoder_gives_the_training_tensors_on_flights_rows(flights, rows):
         assert torch.equal(encoder.batch([row]).profile_num, one.profile_num)
 
 
-def test_compiled_forwards_give_the_eager_probabilities_on_flights_rows(flights, rows):
+def _encoded(flights, rows):
+    """The transforms, their serving encoder, the requests it encoded and the training path's batch of them."""
     _, transforms = flights
     sample, requests = rows
     encoder = ServingEncoder(transforms)
-    encoded = _encode(encoder, requests)
-    batch = transforms.transform(sample, require_label=False)
+    return transforms, encoder, _encode(encoder, requests), transforms.transform(sample, require_label=False)
+
+
+def test_compiled_forwards_give_the_eager_probabilities_on_flights_rows(flights, rows):
+    transforms, encoder, encoded, batch = _encoded(flights, rows)
     names = [s.name for s in transforms.schema.sequences]
     torch.manual_seed(0)
     light = build_light_model(transforms.schema, HeavyConfig(num_layers=3), {n: LIGHT for n in names}).eval()
@@ -117,11 +121,7 @@ def test_compiled_forwards_give_the_eager_probabilities_on_flights_rows(flights,
 
 def test_ple_flat_model_compiles_to_onnx_and_gives_the_eager_probabilities(flights, rows):
     """The piecewise-linear numeric embedding and the flat encoder export (no fallback to TorchScript)."""
-    _, transforms = flights
-    sample, requests = rows
-    encoder = ServingEncoder(transforms)
-    encoded = _encode(encoder, requests)
-    batch = transforms.transform(sample, require_label=False)
+    transforms, encoder, encoded, batch = _encoded(flights, rows)
     torch.manual_seed(0)
     model = build_model(transforms.schema, HeavyConfig(encoder="flat", num_layers=2, hidden_size=32,
                                                        numeric_embedding="ple", profile_dims=(32,),
