@@ -299,3 +299,52 @@ def test_the_toolbox_preset_builds_a_light_mel_of_the_same_family(transforms):
     for bad, key in [({"hidden_size": -1}, "light.mel.hidden_size"), ({"layers": 0}, "light.mel.layers")]:
         with pytest.raises(ValueError, match=key):
             MeLConfig(**bad)
+
+
+def test_a_toolbox_onboarding_gives_a_light_model_within_budget_that_serves_compiled(data, transforms, tmp_path):
+    """The toolbox preset end to end on small data: θ0 (flat + PLE), θu, MeL and Ours within MeL's budget,
+    and Ours (searched encoders on embedded steps) served by ONNX Runtime with the eager probabilities."""
+    from longtail.config import config_from_dict, config_to_dict
+    from longtail.data.scenario_rows import ScenarioRows
+    from longtail.metrics import predict_proba
+    from longtail.onboarding import Recipe, Theta0, onboard
+    from longtail.online import ServingEncoder
+    from longtail.online.forward import GraphCache
+    from longtail.train import TrainConfig
+    from longtail.train_job import train_heavy
+
+    small = {"model": {"hidden_size": 64, "profile_dims": [16], "head_dims": [16], "numeric_embedding_dim": 4},
+             "train": {"epochs": 1}, "meta": {"finetune": {"epochs": 1}},
+             "light": {"mel": {"hidden_size": 32}, "train": {"epochs": 1}, "search": {"epochs": 1}, "min_steps": 0,
+                       "latency_repeats": 2, "pretrain": {"epochs": 0}, "transfer": {"rows": 0},
+                       "retrain": {"epochs": 0}, "restarts": {"runs": 1}}}
+    recipe = config_from_dict(Recipe, {"preset": "toolbox", **small}, "recipe")
+    assert recipe.model.encoder == "flat" and recipe.light.mel.layers == 1
+    scenarios = data.scenarios
+    theta0_run = train_heavy(data, scenarios[:2], recipe.model, TrainConfig(**{**config_to_dict(recipe.train)}))
+    save_model_dir(tmp_path / "theta0", theta0_run.model, theta0_run.transforms, recipe.model, {})
+    theta0 = Theta0.from_model_dir(tmp_path / "theta0")
+    rows = ScenarioRows.build(data, scenarios[2], theta0.transforms, query_frac=recipe.meta.query_frac,
+                              seed=recipe.meta.seed)
+    done = onboard(theta0, rows, recipe, out=tmp_path / "onboard", references=("MeL",))
+    assert done.mel is not None and done.ours is not None
+    assert 0 < done.ours.flops <= done.mel.flops < done.heavy_flops
+    model, tf, _ = load_model_dir(done.paths["ours"])
+    encoder = ServingEncoder(tf)
+    test = rows.test
+    forward = GraphCache("auto").compile(model.eval(), encoder, {"kind": "test"})
+    assert forward.backend == "onnxruntime"
+    got = 1 / (1 + np.exp(-forward(encoder.stack(_encoded_rows(encoder, data, tf, scenarios[2]))).astype(np.float64)))
+    np.testing.assert_allclose(got, predict_proba(model, test), rtol=0, atol=1e-6)
+
+
+def _encoded_rows(encoder, data, transforms, scenario):
+    """The scenario's TEST rows as the service encodes them from raw request values."""
+    from longtail.data.splits import TEST
+    from longtail.online.encoder import parse_time_ns
+    from longtail.online.rows import jsonable_row
+
+    frame = data.rows(TEST, [scenario])
+    spec = data.spec
+    return [encoder.encode(scenario, parse_time_ns(frame[spec.event_timestamp].iloc[i].isoformat(), "t"),
+                           jsonable_row(spec, frame.iloc[i:i + 1])) for i in range(len(frame))]
