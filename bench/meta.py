@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> None:
         info[enc] = {k: v for k, v in meh.info.items() if k in ("initial", "arrival", "final_version")}
         print(f"{enc}: SinH {sinh.mean_auc:.4f}  MeH {meh.mean_auc:.4f}", flush=True)
         # results so far after every encoder, so a long run leaves its finished part behind
-        done = argparse.Namespace(**{**vars(args), "encoders": kept + args.encoders[: args.encoders.index(enc) + 1]})
+        done = argparse.Namespace(**{**vars(args), "encoders": kept + args.encoders[: args.encoders.index(enc) + 1],
+                                     "ran": args.encoders[: args.encoders.index(enc) + 1]})
         write_results(table, timings, info, tag, done, time.perf_counter() - t0, data.spec.name)
 
 
@@ -132,8 +133,14 @@ def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args
         table.to_csv(tmp, index=False, float_format="%.4f")
     lines = [f"# SinH vs MeH on {dataset} ({'quick' if args.quick else 'full'} run; encoders done: "
              f"{', '.join(args.encoders)})", "",
-             f"Command: `python bench/meta.py {' '.join(sys.argv[1:])}` — epochs {args.epochs}, split seed "
-             f"{args.seed}; {platform.machine()} CPU; total {total:.0f}s.", "",
+             f"Command: `python bench/meta.py {' '.join(sys.argv[1:])}` — epochs {args.epochs}"
+             + "".join(f" ({e}: its preset's own, θ0 {protocol(e, args.epochs, args.seed, args.quick).train.epochs}, "
+                       f"θu's fine-tune {protocol(e, args.epochs, args.seed, args.quick).meta.finetune.epochs})"
+                       for e in args.encoders if e in PRESET_ENCODERS)
+             + f", split seed {args.seed}; {platform.machine()} CPU; total {total:.0f}s."
+             + (f" Columns of {', '.join(e for e in args.encoders if e not in args.ran)} are kept from the previous "
+                "result files (`--keep`; their commands and settings in git history)."
+                if set(args.encoders) - set(getattr(args, "ran", args.encoders)) else ""), "",
              "Per-scenario test AUC; scenarios by training size, largest first; * = one of MeH's initial "
              "scenarios.",
              ""]
