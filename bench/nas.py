@@ -64,6 +64,10 @@ QUICK_DEFAULT = ["light.pretrain.epochs=1", "light.pretrain.rows=16384", "light.
                  "light.retrain.lr_drops=0", "light.restarts.runs=1"]
 
 
+# what a user would train instead, from bench/results/baselines.csv (the same rows and split)
+REFERENCE_COLUMNS = ("lgbm_global", "lgbm_global_tuned", "mlp_global")
+
+
 def recipe_for(variant: str, args: argparse.Namespace, enc: str = "") -> Recipe:
     """The recipe of a variant: its preset (``toolbox`` teachers get the ``toolbox`` preset, whose light side
     is ``default``'s with its own MeL), the quick-mode overrides, then the variant's own."""
@@ -136,7 +140,7 @@ def pretrained_for(recipe: Recipe, meh: Path, data, cache: Path, label: str) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    tag = "nas_quick" if args.quick else "nas"
+    tag = args.tag or ("nas_quick" if args.quick else "nas")
     t0 = time.perf_counter()
     data = prepare(DataConfig(tables=args.data, split_seed=args.seed))
     sizes = {s: len(data.rows(TRAIN, [s])) for s in data.scenarios}
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
                   + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("MeL", "Ours")))
                   + f" in {time.perf_counter() - s0:.0f}s", flush=True)
             write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
-    args.bootstrap = {enc: paired_bootstrap(args, data, enc, scenarios) for enc in ("lstm", "bert")}
+    args.bootstrap = {enc: paired_bootstrap(args, data, enc, scenarios) for enc in args.encoders}
     write_results(tag, args, scenarios, sizes, ref, time.perf_counter() - t0, data.spec.name)
 
 
@@ -241,10 +245,10 @@ def collect(args: argparse.Namespace, scenarios: list[str], sizes: dict, ref: pd
     baselines = RESULTS / "baselines.csv"
     if baselines.exists():
         b = pd.read_csv(baselines).set_index("scenario")
-        for c in ("lgbm_global", "lgbm_global_tuned", "mlp_flat"):
+        for c in REFERENCE_COLUMNS:
             if c in b:
                 table[c] = table["scenario"].map(b[c])
-    for enc in ("lstm", "bert"):
+    for enc in args.encoders:
         for strat in ("SinH", "MeH"):
             c = f"{strat}_{enc}"
             table[c] = table["scenario"].map(ref[c]) if c in ref else np.nan
@@ -290,8 +294,8 @@ def write_results(tag: str, args, scenarios, sizes, ref, total: float, dataset: 
     with atomic_path(RESULTS / f"{tag}.csv") as tmp:
         table.drop(columns=[c for c in table if c.startswith(("restart", "seconds"))]).to_csv(
             tmp, index=False, float_format="%.4f")
-    encs = [e for e in ("lstm", "bert") if f"Ours_{e}" in table and table[f"Ours_{e}"].notna().any()]
-    refs = [c for c in ("lgbm_global", "lgbm_global_tuned", "mlp_flat") if c in table]
+    encs = [e for e in args.encoders if f"Ours_{e}" in table and table[f"Ours_{e}"].notna().any()]
+    refs = [c for c in REFERENCE_COLUMNS if c in table]
     lines = [f"# MeH vs MeL vs Ours on {dataset} ({'quick' if args.quick else 'full'} run)", "",
              f"Command: `python bench/nas.py {' '.join(sys.argv[1:])}`; split seed {args.seed}; budget of Ours = "
              f"FLOPs of MeL (the pre-defined 3-layer light model); {platform.machine()} CPU; this run {total:.0f}s. "
@@ -405,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data/flights", help="flights table set (as used by bench/meta.py)")
     p.add_argument("--meta-work", default="runs/bench-meta", help="bench/meta.py's work folder (the θu teachers)")
     p.add_argument("--work", default="runs/bench-nas", help="folder for the onboarded models and the resume rows")
+    p.add_argument("--tag", default="", help="result file names bench/results/<tag>.* (default nas, quick nas_quick), "
+                   "e.g. for a run of one encoder beside the committed results")
     p.add_argument("--quick", action="store_true", help="3 small carriers, LSTM, 1 epoch")
     p.add_argument("--encoders", default=None, help="comma list (default lstm,bert; quick lstm)")
     p.add_argument("--ablations", default="lstm", help="encoders that also run the ablation variants ('' for none)")
