@@ -301,6 +301,7 @@ def test_the_toolbox_preset_builds_a_light_mel_of_the_same_family(transforms):
             MeLConfig(**bad)
 
 
+@pytest.mark.slow
 def test_a_toolbox_onboarding_gives_a_light_model_within_budget_that_serves_compiled(data, transforms, tmp_path):
     """The toolbox preset end to end on small data: θ0 (flat + PLE), θu, MeL and Ours within MeL's budget,
     and Ours (searched encoders on embedded steps) served by ONNX Runtime with the eager probabilities."""
