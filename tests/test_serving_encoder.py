@@ -245,3 +245,26 @@ def test_closed_vocabularies_refuse_unknown_values_as_before(flights, rows):
         check_vocabularies(transforms, prepared)
     assert (e.value.field, str(e.value)) == (old.value.field, str(old.value))
     assert e.value.field == "features.weekday"
+
+
+def test_models_share_a_graph_whatever_their_bin_edges_unless_they_embed_with_them(flights):
+    """Every scenario's transforms have their own bin edges (in model.json's schema); only a model with a
+    piecewise-linear embedding computes with them, so only such models need a graph of their own."""
+    _, transforms = flights
+    other = FittedTransforms.from_dict(transforms.to_dict())  # the same vocabularies, other edges
+    for stats in other.numeric.values():
+        stats.edges = [e + 0.01 for e in stats.edges]
+    assert other.schema.profile_numeric_edges != transforms.schema.profile_numeric_edges
+    names = [s.name for s in transforms.schema.sequences]
+    ple = HeavyConfig(encoder="flat", num_layers=1, hidden_size=8, numeric_embedding="ple", numeric_embedding_dim=2,
+                      profile_dims=(8,), head_dims=(8,))
+    graphs = GraphCache("auto")
+    for tf in (transforms, other):
+        info = {"kind": "light", "config": HeavyConfig(num_layers=3).to_dict(), "schema": tf.schema.to_dict()}
+        light = build_light_model(tf.schema, HeavyConfig(num_layers=3), {n: LIGHT for n in names}).eval()
+        assert graphs.compile(light, ServingEncoder(tf), info).backend == "onnxruntime"
+    assert len(graphs) == 1, "light models of one shape share one graph"
+    for tf in (transforms, other):
+        info = {"kind": "heavy", "config": ple.to_dict(), "schema": tf.schema.to_dict()}
+        graphs.compile(build_model(tf.schema, ple).eval(), ServingEncoder(tf), info)
+    assert len(graphs) == 3, "a PLE model's edges are constants of its graph"

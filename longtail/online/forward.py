@@ -228,10 +228,28 @@ def _architecture_key(model: nn.Module, info: Mapping[str, Any] | None) -> str:
     classes of its modules, and the names, shapes and dtypes of its weights (each model is still checked against
     its own eager output)."""
     fields = {k: (info or {}).get(k) for k in ("kind", "config", "genotypes", "schema")}
+    if isinstance(fields["schema"], dict) and not _embeds_numerics(model):
+        # the transforms' bin edges differ from model to model but only a piecewise-linear embedding computes with
+        # them (as constants of its graph); without one, models of one shape share a graph whatever their edges
+        fields["schema"] = _without_edges(fields["schema"])
     shapes = [(n, list(t.shape), str(t.dtype)) for n, t in zip(_state_names(model), _state_tensors(model), strict=True)]
     modules = [type(m).__qualname__ for m in model.modules()]
     text = json.dumps({"info": fields, "modules": modules, "state": shapes}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _embeds_numerics(model: nn.Module) -> bool:
+    from longtail.models.numeric import PiecewiseLinearEmbedding
+
+    return any(isinstance(m, PiecewiseLinearEmbedding) for m in model.modules())
+
+
+def _without_edges(schema: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in schema.items() if "edges" not in k}
+    if isinstance(out.get("sequences"), list):
+        out["sequences"] = [{k: v for k, v in s.items() if "edges" not in k} if isinstance(s, dict) else s
+                            for s in out["sequences"]]
+    return out
 
 
 def _nbytes(tensors: Sequence[torch.Tensor]) -> int:
