@@ -340,11 +340,6 @@ def lightgbm_global_tuned(data: PreparedData, scenarios: Sequence[str] | None = 
 
 
 # ---------------------------------------------------------------------- MLP on the flat table
-def embedding_width(cardinality: int) -> int:
-    """The width of a categorical column's embedding: ``min(16, round(1.6 * cardinality ** 0.56))``, at least 1."""
-    return max(1, min(16, round(1.6 * cardinality ** 0.56)))
-
-
 @dataclass
 class _FlatInputs:
     """How `mlp_global` turns the flat table into tensors, fitted on TRAIN."""
@@ -391,12 +386,14 @@ def _flat_mlp(n_num: int, cardinality: np.ndarray, hidden: Sequence[int], dropou
     import torch
     from torch import nn
 
+    from longtail.models.heavy import default_embedding_dim
+
     class FlatMLP(nn.Module):
         """Numerics and one embedding per categorical column (tables shared by columns of one width)."""
 
         def __init__(self) -> None:
             super().__init__()
-            widths = np.array([embedding_width(int(c)) for c in cardinality], dtype=np.int64)
+            widths = np.array([default_embedding_dim(int(c)) for c in cardinality], dtype=np.int64)
             self.groups = sorted(set(widths.tolist()))
             self.tables = nn.ModuleList()
             for i, w in enumerate(self.groups):
@@ -460,7 +457,8 @@ def mlp_global(data: PreparedData, scenarios: Sequence[str] | None = None, *, se
     columns are standardised by TRAIN's mean and standard deviation of their present values, then
     missing values (absent numerics, sequence padding) become 0, and every numeric column with a
     missing value in TRAIN gets a 0/1 missing-indicator column. Each categorical column (the
-    scenario's too) gets its own embedding, ``embedding_width(cardinality)`` wide, with one extra
+    scenario's too) gets its own embedding, ``default_embedding_dim(cardinality)`` wide (the heavy
+    model's rule), with one extra
     row for indices unseen in TRAIN. Hidden layers: Linear, ReLU, Dropout per width of ``hidden``.
 
     Training: `longtail.train.fit` with AdamW (decoupled ``weight_decay``), a cosine schedule over
