@@ -29,6 +29,7 @@ Run: ``make bench-baselines`` (full, 5 epochs as in the paper) or ``make bench-b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -149,8 +150,7 @@ def lgbm_tuned(ctx: Context) -> Outcome:
 
 def theta0_toolbox(ctx: Context) -> Outcome:
     recipe = Recipe.from_preset("toolbox")
-    train = recipe.train if not ctx.args.quick else TrainConfig(**{**recipe.train.__dict__, "epochs": ctx.args.epochs})
-    train = TrainConfig(**{**train.__dict__, "seed": ctx.args.seed})
+    train = dataclasses.replace(recipe.train, seed=ctx.args.seed, **({"epochs": ctx.args.epochs} if ctx.args.quick else {}))
     tr = train_heavy(ctx.data, ctx.scenarios, recipe.model, train, show_progress=ctx.args.progress,
                      description="theta0_toolbox")
     per = evaluate_heavy(tr.model, tr.transforms, ctx.data, ctx.scenarios)

@@ -65,7 +65,7 @@ EXACTLY_ONE_SOURCE = {"oneOf": [{"required": ["entity"], "properties": {"entity"
 class PredictItem(BaseModel):
     """One prediction request (an item of ``/predict_batch``: an item without its source fails alone, in a 200)."""
 
-    scenario: str = Field(min_length=1, max_length=256, description="the scenario, e.g. a carrier")
+    scenario: str = SCENARIO_FIELD
     entity: dict[str, str | int | float] | None = Field(
         default=None, description="entity keys: features are read from the online store")
     features: dict[str, Any] | None = Field(default=None, description="raw feature values instead of entity")
@@ -223,10 +223,10 @@ def _body_required(body: bytes) -> bytes | None:
     try:
         schema = json.loads(body)
         for path in schema.get("paths", {}).values():
-            body = path.get("post", {}).get("requestBody")
-            if isinstance(body, dict) and any(media.get("schema", {}).get("required")
-                                              for media in body.get("content", {}).values()):
-                body["required"] = True
+            request_body = path.get("post", {}).get("requestBody")
+            if isinstance(request_body, dict) and any(media.get("schema", {}).get("required")
+                                                      for media in request_body.get("content", {}).values()):
+                request_body["required"] = True
     except (ValueError, AttributeError):
         return None
     return json.dumps(schema).encode()

@@ -305,13 +305,12 @@ def test_the_toolbox_preset_builds_a_light_mel_of_the_same_family(transforms):
 def test_a_toolbox_onboarding_gives_a_light_model_within_budget_that_serves_compiled(data, transforms, tmp_path):
     """The toolbox preset end to end on small data: θ0 (flat + PLE), θu, MeL and Ours within MeL's budget,
     and Ours (searched encoders on embedded steps) served by ONNX Runtime with the eager probabilities."""
-    from longtail.config import config_from_dict, config_to_dict
+    from longtail.config import config_from_dict
     from longtail.data.scenario_rows import ScenarioRows
     from longtail.metrics import predict_proba
     from longtail.onboarding import Recipe, Theta0, onboard
     from longtail.online import ServingEncoder
     from longtail.online.forward import GraphCache
-    from longtail.train import TrainConfig
     from longtail.train_job import train_heavy
 
     small = {"model": {"hidden_size": 64, "profile_dims": [16], "head_dims": [16], "numeric_embedding_dim": 4},
@@ -322,7 +321,7 @@ def test_a_toolbox_onboarding_gives_a_light_model_within_budget_that_serves_comp
     recipe = config_from_dict(Recipe, {"preset": "toolbox", **small}, "recipe")
     assert recipe.model.encoder == "flat" and recipe.light.mel.layers == 1
     scenarios = data.scenarios
-    theta0_run = train_heavy(data, scenarios[:2], recipe.model, TrainConfig(**{**config_to_dict(recipe.train)}))
+    theta0_run = train_heavy(data, scenarios[:2], recipe.model, recipe.train)
     save_model_dir(tmp_path / "theta0", theta0_run.model, theta0_run.transforms, recipe.model, {})
     theta0 = Theta0.from_model_dir(tmp_path / "theta0")
     rows = ScenarioRows.build(data, scenarios[2], theta0.transforms, query_frac=recipe.meta.query_frac,
