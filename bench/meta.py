@@ -134,9 +134,9 @@ def write_results(table: pd.DataFrame, timings: dict, info: dict, tag: str, args
     lines = [f"# SinH vs MeH on {dataset} ({'quick' if args.quick else 'full'} run; encoders done: "
              f"{', '.join(args.encoders)})", "",
              f"Command: `python bench/meta.py {' '.join(sys.argv[1:])}` — epochs {args.epochs}"
-             + "".join(f" ({e}: its preset's own, θ0 {protocol(e, args.epochs, args.seed, args.quick).train.epochs}, "
-                       f"θu's fine-tune {protocol(e, args.epochs, args.seed, args.quick).meta.finetune.epochs})"
-                       for e in args.encoders if e in PRESET_ENCODERS)
+             + "".join(f" ({e}: its preset's own, θ0 {r.train.epochs}, θu's fine-tune {r.meta.finetune.epochs})"
+                       for e in args.encoders if e in PRESET_ENCODERS
+                       for r in [protocol(e, args.epochs, args.seed, args.quick)])
              + f", split seed {args.seed}; {platform.machine()} CPU; total {total:.0f}s."
              + (f" Columns of {', '.join(e for e in args.encoders if e not in args.ran)} are kept from the previous "
                 "result files (`--keep`; their commands and settings in git history)."
