@@ -141,5 +141,13 @@ def test_an_entity_request_reads_the_feast_online_store(onboarded, service):
     again = httpx.post(f"{service}/predict", json={"scenario": "s02", "features": online["features"]},
                        timeout=60).json()
     assert again["probability"] == pytest.approx(online["probability"], abs=1e-6)
-    models = httpx.post(f"{service}/models", json={}, timeout=30).json()
-    assert json.dumps(models["scenarios"]["s02"]["model_kind"]) == '"light"'
+    # one worker per core, each with its own cache: the worker that answers /models may still be preloading
+    # s02 (state "loading", no kind yet); every worker preloads the pointed-to models, so it turns "loaded"
+    deadline = time.monotonic() + 60
+    while True:
+        described = httpx.post(f"{service}/models", json={}, timeout=30).json()["scenarios"]["s02"]
+        assert described["state"] in ("loaded", "loading", "not_loaded"), described
+        if described["state"] == "loaded" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert described["state"] == "loaded" and json.dumps(described["model_kind"]) == '"light"', described
