@@ -12,8 +12,9 @@
    whatever happened to the others (bounded: ``rate x seconds`` requests, each with a timeout), its
    latency counted from that scheduled time (queueing shows). Server CPU per request is the CPU time
    of the service's processes (the arbiter and its workers) over the run, divided by the requests
-   sent. The light model's gRPC front gets the same run at 200 requests/s, and a constant-answer BentoML
-   service with the same API (``bench/serving_floor.py``) shows BentoML's own share (``serving.csv``).
+   sent. The light model's gRPC front gets the same run at 200 requests/s, and constant-answer services
+   with the same API (``bench/serving_floor.py``: the plain BentoML API, and the service's own route and
+   settings) show the serving stack's own share (``serving.csv``).
 4. **Scale**: a synthetic table set with 1,000 scenarios, each with its own light model trained for
    one epoch (four genotypes in turn), published and promoted; the service's time to ready, its
    memory once every model is loaded, and p50/p99 at 200 requests/s spread uniformly over all
@@ -324,7 +325,7 @@ def bench_variant(variant: str, built: dict, rates: list[float], seconds: float,
 class _Floor:
     """The constant-answer BentoML service of ``bench/serving_floor.py`` as a child process (pids, url)."""
 
-    def __init__(self, log: Path, options: str = ""):
+    def __init__(self, log: Path, options: str = "", service: str = "Floor"):
         from serving.launch import free_port
 
         self.port = free_port()
@@ -332,7 +333,7 @@ class _Floor:
         env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
         if options:
             env["BENTOML_CONFIG_OPTIONS"] = options
-        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving_floor:Floor", "--working-dir",
+        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", f"serving_floor:{service}", "--working-dir",
                                       str(_BENCH), "--host", "127.0.0.1", "--port", str(self.port)], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
         import httpx
@@ -366,11 +367,15 @@ class _Floor:
 
 
 def bench_floor(bodies: list[dict], rate: float, seconds: float, log_dir: Path) -> list[dict]:
-    """BentoML's own CPU per request: the constant-answer service, with its access log on (BentoML's default)
-    and off, under the light model's load (full runs only)."""
+    """The serving stack's own CPU per request, under the light model's load (full runs only): the constant-answer
+    BentoML API with BentoML's defaults, the same without its access log, and the service's own ``/predict``
+    route with its default settings (see ``bench/serving_floor.py``)."""
     rows = []
-    for name, options in (("floor", ""), ("floor, no access log", "services.longtail_floor.logging.access.enabled=false")):
-        svc = _Floor(log_dir / f"floor-{len(rows)}.log", options)
+    for name, options, service in (
+            ("floor: BentoML API", "", "Floor"),
+            ("floor: BentoML API, no access log", "services.longtail_floor.logging.access.enabled=false", "Floor"),
+            ("floor: service route", "", "FloorRoute")):
+        svc = _Floor(log_dir / f"floor-{len(rows)}.log", options, service)
         try:
             _warm_up(svc.url, bodies)
             out = measured(svc, lambda url=svc.url: _http_open_loop(url, lambda i: bodies[i % len(bodies)], rate,
@@ -506,7 +511,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         axes[0].plot(rows["rate_rps"], rows["p50_ms"], "o--", label=f"{variant} p50")
         axes[1].plot(rows["rate_rps"], rows["cpu_ms_per_request"], "o-", label=variant)
     for _, row in single[single["model"].str.startswith("floor")].iterrows():
-        axes[1].plot([row["rate_rps"]], [row["cpu_ms_per_request"]], "x", ms=9, label=f"BentoML {row['model']}")
+        axes[1].plot([row["rate_rps"]], [row["cpu_ms_per_request"]], "x", ms=9, label=row["model"])
     axes[0].axhline(15, color="grey", lw=0.6, ls=":")
     axes[0].set(xlabel="offered requests/s (open loop)", ylabel="latency, ms (log)", yscale="log",
                 title="single requests on loopback")
@@ -576,9 +581,11 @@ def main(argv: list[str] | None = None) -> int:
           f"single requests, {seconds:.0f} s per rate, latency from the scheduled send time in ms; server CPU = CPU "
           "time of the service's processes / requests sent; the load generator runs in the benchmark process "
           "(its CPU per request beside). gRPC: 4 channels to the light service's gRPC port."
-          + ("" if args.quick else " `floor`: a BentoML service with the same API, settings and request bodies that "
-             "answers a constant (`bench/serving_floor.py`): BentoML's own CPU per request, with its access log on "
-             "(the default) and off."), "",
+          + ("" if args.quick else " `floor`: services with the same API, settings and request bodies that answer a "
+             "constant (`bench/serving_floor.py`): the plain BentoML API with BentoML's defaults (access log and "
+             "tracing on), the same with its access log off, and the service's own `/predict` route with its "
+             "defaults (no access log, no spans for the prediction routes): the serving stack's CPU per request "
+             "without the model."), "",
           df[md_cols].to_markdown(index=False, floatfmt=".2f"), "",
           "## Forward passes and the encoder (one thread, in process)", "",
           "Median over 5 rounds of the mean time per call; the service keeps the backend that compiles, matches the "

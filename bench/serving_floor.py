@@ -1,8 +1,14 @@
-"""The floor of the serving benchmark: a BentoML service with the same API, settings and request body as
-``serving.service:LongtailServing`` that answers a constant, so its CPU per request is BentoML's own
-(HTTP, input validation, middlewares, metrics, access log) and nothing of longtail's.
+"""The floor of the serving benchmark: BentoML services that answer a constant, so that their CPU per request is
+the serving stack's own (HTTP, input validation, middlewares, metrics, access log, tracing) and nothing of
+longtail's models.
 
-Run by ``bench/serving.py`` as ``bentoml serve serving_floor:Floor --working-dir bench``.
+* `Floor`: the API as a plain ``@bentoml.api`` with BentoML's defaults (access log and tracing on): what a
+  BentoML service of this API costs before any model runs.
+* `FloorRoute`: the route ``serving.service:LongtailServing`` uses for ``POST /predict`` (answered by an ASGI
+  middleware after validating with the same input model) with the service's default settings (no access log,
+  no spans for the prediction routes): the part of the service's CPU per request that is not the model's.
+
+Run by ``bench/serving.py`` as ``bentoml serve serving_floor:Floor --working-dir bench`` (or ``FloorRoute``).
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import bentoml
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
+
+from serving.service import PREDICTION_ROUTES, PredictInput, _read_body, _request_error, _send_json
 
 _ANSWER = {"probability": 0.5, "scenario": "", "model_name": "floor", "model_version": 1, "model_kind": "none",
            "fallback": False, "served_by": "scenario"}
@@ -25,3 +34,40 @@ class Floor:
                       features: dict[str, Any] | None = None, event_timestamp: str | None = None,
                       return_features: bool = False) -> dict[str, Any]:
         return JSONResponse({**_ANSWER, "scenario": scenario})
+
+
+class ConstantRoute:
+    """``POST /predict`` answered as `serving.service.ServiceRoutes` answers it, with a constant for the model."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path") != "/predict" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            return
+        try:
+            item = PredictInput.model_validate_json(body)
+        except ValidationError as e:
+            await _send_json(send, 400, _request_error(e.errors(include_url=False, include_context=False,
+                                                                include_input=False)))
+            return
+        await _send_json(send, 200, {**_ANSWER, "scenario": item.scenario})
+
+
+@bentoml.service(name="longtail_floor_route", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count",
+                 logging={"access": {"enabled": False}}, tracing={"excluded_urls": list(PREDICTION_ROUTES)})
+class FloorRoute:
+    """Answers every request with the same body, on the service's own route and settings."""
+
+    @bentoml.api
+    async def predict(self, scenario: str = "", entity: dict[str, str | int | float] | None = None,
+                      features: dict[str, Any] | None = None, event_timestamp: str | None = None,
+                      return_features: bool = False) -> dict[str, Any]:
+        return JSONResponse({**_ANSWER, "scenario": scenario})
+
+
+FloorRoute.add_asgi_middleware(ConstantRoute)

@@ -5,7 +5,10 @@ A thin wrapper: requests become :class:`longtail.online.PredictRequest` and go t
 become 4xx/5xx JSON bodies that name the field. The APIs are ``async``: a request is validated and
 encoded in the event loop and awaits its forward pass, so concurrent requests never queue behind
 one another. One worker process per CPU core by default (``workers`` in the serving config, applied
-by ``longtail serve http``); every worker dies with the serving command. Configuration:
+by ``longtail serve http``); every worker dies with the serving command. ``POST /predict`` is answered by
+`ServiceRoutes` itself (validated with the same input model as the API declares), so a single request does
+not pay for BentoML's per-API machinery; BentoML's access log and its OpenTelemetry spans for the prediction
+routes are off unless the serving config turns them on (``access_log``, ``trace_requests``). Configuration:
 ``$LONGTAIL_SERVING_CONFIG`` (YAML) and ``$LONGTAIL_SERVING_SET`` (``key=value;...``), see
 :class:`longtail.online.ServingConfig`.
 
@@ -21,7 +24,7 @@ import time
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.responses import JSONResponse
 
 # light imports only: BentoML's arbiter process imports this module too, and needs no torch; the predictor
@@ -31,6 +34,10 @@ from longtail.online.errors import ServingError
 from serving.launch import die_with_parent
 
 log = logging.getLogger("longtail.online")
+
+# read when the module is imported (by BentoML's arbiter and by every worker): the BentoML settings that follow it
+SETTINGS = load_serving_config()
+PREDICTION_ROUTES = ("/predict", "/predict_batch")
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="longtail_predictions_total", documentation="Predictions served, per scenario and model version",
@@ -163,21 +170,39 @@ def _where(loc: Any) -> str:
     return out or "body"
 
 
+def _request_error(errors: list[Any]) -> dict[str, str]:
+    """Pydantic errors (``loc``, ``msg``) as the service's error format: ``error``, ``field`` (the first error's
+    dotted path), ``message`` and ``detail`` (every error, one line)."""
+    errors = [e for e in errors if isinstance(e, dict)]
+    lines = [f"{_where(e.get('loc'))}: {e.get('msg', '')}" for e in errors]
+    field = _where(errors[0].get("loc")) if errors else "body"
+    message = "; ".join(lines) or "invalid request"
+    return {"error": "RequestError", "field": field, "message": message, "detail": message}
+
+
 def _as_request_error(body: bytes) -> bytes | None:
     """BentoML answers a body its input model rejects with ``detail`` as a list of pydantic errors, which its own
-    OpenAPI schema declares a string; the same error in the service's format (``error``, ``field``,
-    ``message``) with ``detail`` as one line. None for any other body."""
+    OpenAPI schema declares a string; the same error in the service's format (see `_request_error`). None for
+    any other body."""
     try:
         data = json.loads(body)
     except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("detail"), list):
         return None
-    errors = [e for e in data["detail"] if isinstance(e, dict)]
-    lines = [f"{_where(e.get('loc'))}: {e.get('msg', '')}" for e in errors]
-    field = _where(errors[0].get("loc")) if errors else "body"
-    message = "; ".join(lines) or str(data.get("error", "invalid request"))
-    return json.dumps({"error": "RequestError", "field": field, "message": message, "detail": message}).encode()
+    return json.dumps(_request_error(data["detail"])).encode()
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """The whole request body (None if the client went away first)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def _json_or_unset(scope: dict) -> bool:
@@ -248,6 +273,11 @@ class ServiceRoutes:
       naming the content type to use, before BentoML tries to parse it.
     * ``/docs.json`` says that a POST whose body has required fields needs its body (BentoML's schema leaves
       ``requestBody`` optional, and an empty POST is refused).
+    * ``POST /predict`` is answered here: the body is validated with `PredictInput` (the API's own input model,
+      so the same requests are refused with the same errors) and goes to the worker's predictor. BentoML's
+      outer middlewares (timeout, concurrency limit, HTTP metrics, access log and tracing where on) still
+      wrap it; its per-API request and response handling, which would double the CPU of a light model's
+      request, does not run. ``/predict_batch`` and every other route are BentoML's.
     """
 
     def __init__(self, app: Any):
@@ -261,6 +291,8 @@ class ServiceRoutes:
         elif scope.get("method") == "POST" and not _json_or_unset(scope):
             await _send_json(send, 415, {"error": "UnsupportedMediaType", "field": "content-type",
                                          "message": "send the body as JSON: Content-Type: application/json"})
+        elif scope.get("path") == "/predict" and scope.get("method") == "POST":
+            await self._predict(receive, send)
         elif scope.get("path") == "/docs.json":
             await self.app(scope, receive, _patching_docs(send))
         else:
@@ -280,11 +312,40 @@ class ServiceRoutes:
         await _send_json(send, 200 if health["ready"] else 503, health, head=method == "HEAD")
 
     @staticmethod
+    async def _predict(receive: Any, send: Any) -> None:
+        body = await _read_body(receive)
+        if body is None:
+            return
+        try:
+            item = PredictInput.model_validate_json(body)
+        except ValidationError as e:
+            refused = _request_error(e.errors(include_url=False, include_context=False, include_input=False))
+            log.warning("400 RequestError on /predict: %s", refused["message"])
+            ERRORS.labels(error="RequestError").inc()
+            await _send_json(send, 400, refused)
+            return
+        try:
+            service = bentoml.get_current_service()
+        except Exception:  # the worker's service instance is not built yet
+            await _send_json(send, 503, {"error": "NotReadyError", "field": "",
+                                         "message": "this worker is still starting; retry shortly"})
+            return
+        try:
+            prediction = await service.predictor.apredict(_request(item))
+        except ServingError as e:
+            log.warning("%d %s on /predict: %s", e.status, type(e).__name__, e)
+            await _send_json(send, e.status, e.to_dict())
+            return
+        await _send_json(send, 200, prediction.to_dict())
+
+    @staticmethod
     def _rewriting_400(send: Any) -> Any:
         return _buffered(send, lambda m: m.get("status") == 400, _as_request_error)
 
 
-@bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count")
+@bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count",
+                 logging={"access": {"enabled": SETTINGS.access_log}},
+                 tracing={"excluded_urls": [] if SETTINGS.trace_requests else list(PREDICTION_ROUTES)})
 class LongtailServing:
     """Serves the promoted model of every scenario (light models in production)."""
 

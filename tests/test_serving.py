@@ -479,10 +479,16 @@ def test_client_errors_are_logged_in_one_line(http, server):
     for content in (b"{not json", b"[1, 2]", b'{"scenario": 5}'):
         assert http.post("/predict", content=content, headers={"content-type": "application/json"}).status_code == 400
     assert http.post("/predict", json={"scenario": "s00", "features": {"x1": 1}}).status_code == 400
+    # /predict_batch's body is validated by BentoML: its refusals are shortened to one line by OneLineClientErrors
+    assert http.post("/predict_batch", json={"requests": [{"scenario": 5}]}).status_code == 400
     time.sleep(0.5)  # the log is written by the worker
     text = Path(server.log_path).read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
-    assert "400 on /predict: 1 validation error(s)" in text and "400 RequestError on /predict: 'features." in text
+    assert "400 RequestError on /predict: body: Invalid JSON" in text
+    assert "400 RequestError on /predict: scenario: Input should be a valid string" in text
+    assert "400 RequestError on /predict: 'features." in text
+    assert "400 on /predict_batch: 1 validation error(s)" in text
+    assert "path=/predict" not in text  # BentoML's access log is off by default (access_log)
 
 
 def test_default_is_one_worker_per_core(server):
@@ -605,7 +611,7 @@ def test_a_degraded_scenario_on_readyz_and_no_orphan_worker_when_killed(tiny, ex
     scenario (503) rather than answering it from the fallback; ``workers=1`` runs one worker; SIGKILL to the
     serving command's process group leaves no worker holding the port."""
     which = _corrupt_copy(tiny, tmp_path / "registry")
-    svc = ServiceProcess([f"registry={tmp_path / 'registry'}", "poll_seconds=0", "workers=1"],
+    svc = ServiceProcess([f"registry={tmp_path / 'registry'}", "poll_seconds=0", "workers=1", "access_log=true"],
                          log_path=tmp_path / "log").start()
     try:
         with httpx.Client(base_url=svc.url, timeout=30) as c:
@@ -617,6 +623,11 @@ def test_a_degraded_scenario_on_readyz_and_no_orphan_worker_when_killed(tiny, ex
             models = c.post("/models", json={}).json()
             assert models["scenarios"][tiny.light_scenario]["state"] == "failed"
             assert c.post("/predict", json={"scenario": "cold-start", **example}).json()["fallback"] is True
+        # access_log=true: BentoML's access log has a line per request (off by default, see the test above)
+        deadline = time.monotonic() + 10
+        while "path=/predict" not in (tmp_path / "log").read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "path=/predict" in (tmp_path / "log").read_text(errors="replace")
         pids = svc.pids
         assert len([pid for pid in pids if "_bentoml_impl.worker" in " ".join(_cmdline(pid))]) == 1  # workers=1
         os.killpg(svc.proc.pid, signal.SIGKILL)

@@ -48,6 +48,12 @@ class ServingConfig:
     grpc_host: the address the gRPC server binds.
     torch_threads: torch intra-op threads of the serving process (0: torch's default). The light models
         are tiny: one thread per process avoids contention on busy cores; scale out with replicas.
+    access_log: BentoML's access log, one line per request (off: at hundreds of requests per second a line
+        per request is a large share of the service's CPU; the Prometheus metrics on ``/metrics`` count every
+        request, and refused requests are logged as one warning line each either way).
+    trace_requests: OpenTelemetry spans for ``/predict`` and ``/predict_batch`` (off: BentoML makes a span per
+        request even when no tracing exporter is configured; turn on with an exporter in BentoML's
+        ``tracing`` config to see them). The other routes are traced as BentoML does.
     """
 
     registry: str = "runs/registry"
@@ -71,6 +77,8 @@ class ServingConfig:
     grpc_port: int = 0
     grpc_host: str = "127.0.0.1"
     torch_threads: int = 1
+    access_log: bool = False
+    trace_requests: bool = False
 
     def __post_init__(self) -> None:
         if self.unknown_scenario not in ("fallback", "refuse"):
