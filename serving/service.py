@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.responses import JSONResponse
 
 # light imports only: BentoML's arbiter process imports this module too, and needs no torch; the predictor
@@ -73,7 +73,8 @@ class PredictItem(BaseModel):
     """One prediction request (an item of ``/predict_batch``: an item without its source fails alone, in a 200)."""
 
     scenario: str = SCENARIO_FIELD
-    entity: dict[str, str | int | float] | None = Field(
+    # strict: a JSON true is not an entity key of 1 (the schema says string, integer or number, and means it)
+    entity: dict[str, StrictStr | StrictInt | StrictFloat] | None = Field(
         default=None, description="entity keys: features are read from the online store")
     features: dict[str, Any] | None = Field(default=None, description="raw feature values instead of entity")
     event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)")

@@ -387,6 +387,7 @@ def test_http_batch_matches_single(http, tiny, example):
     ({"scenario": "s00", "features": {"x1": 1}}, "features."),
     ({"scenario": "s00", "features": "x1=1"}, "features"),
     ({"scenario": "s00", "entity": {"user_id": 1}}, "entity"),
+    ({"scenario": "s00", "entity": {"user_id": True}}, "entity.user_id"),
     ({"scenario": ["s00"], "features": {}}, "scenario"),
 ])
 def test_http_invalid_input_is_4xx_naming_the_field(http, body, field):
@@ -405,6 +406,9 @@ def test_http_batch_item_error_fails_only_its_item(http, tiny, example):
     assert failed["field"] == "requests[1].features.x2" and "requests[1].features.x2" in failed["message"]
     assert first["probability"] == pytest.approx(last["probability"], abs=1e-12) and "error" not in first
     assert http.post("/predict_batch", json={"requests": []}).status_code == 400  # the call itself is invalid
+    # an item the schema itself refuses (an entity key's value must be a string or a number) refuses the call
+    r = http.post("/predict_batch", json={"requests": [good, {"scenario": "s00", "entity": {"user_id": False}}]})
+    assert r.status_code == 400 and r.json()["field"].startswith("requests[1].entity.user_id"), r.text
 
 
 def _with_big_integer(body: dict, column: str) -> bytes:
