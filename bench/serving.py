@@ -333,8 +333,8 @@ class _Floor:
         env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
         if options:
             env["BENTOML_CONFIG_OPTIONS"] = options
-        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", f"serving_floor:{service}", "--working-dir",
-                                      str(_BENCH), "--host", "127.0.0.1", "--port", str(self.port)], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", f"bench.serving_floor:{service}", "--working-dir",
+                                      str(_BENCH.parent), "--host", "127.0.0.1", "--port", str(self.port)], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
         import httpx
 

@@ -8,7 +8,8 @@ longtail's models.
   middleware after validating with the same input model) with the service's default settings (no access log,
   no spans for the prediction routes): the part of the service's CPU per request that is not the model's.
 
-Run by ``bench/serving.py`` as ``bentoml serve serving_floor:Floor --working-dir bench`` (or ``FloorRoute``).
+Run by ``bench/serving.py`` as ``bentoml serve bench.serving_floor:Floor --working-dir .`` from the checkout (or
+``FloorRoute``; from the checkout, so that ``serving`` is the service package, not ``bench/serving.py``).
 """
 
 from __future__ import annotations
