@@ -24,7 +24,16 @@ import time
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from starlette.responses import JSONResponse
 
 # light imports only: BentoML's arbiter process imports this module too, and needs no torch; the predictor
@@ -245,21 +254,40 @@ def _buffered(send: Any, when: Any, rewrite: Any) -> Any:
     return wrapped
 
 
-def _body_required(body: bytes) -> bytes | None:
+def _served_schemas() -> dict[str, Any] | None:
+    try:
+        return bentoml.get_current_service().predictor.request_schemas()
+    except Exception:  # the service instance is not built yet, or its fallback not loaded
+        return None
+
+
+def _patch_docs(body: bytes, served: dict[str, Any] | None) -> bytes | None:
+    """BentoML's OpenAPI document, with: a POST whose body has required fields needs its body; and ``/predict``'s
+    ``features`` and ``entity`` described as the served dataset's (``served``, see
+    `longtail.online.Predictor.request_schemas`; left as plain objects when None). ``/predict_batch`` items keep
+    plain objects: an item whose features are wrong fails alone, in a 200."""
     try:
         schema = json.loads(body)
-        for path in schema.get("paths", {}).values():
+        for route, path in schema.get("paths", {}).items():
             request_body = path.get("post", {}).get("requestBody")
-            if isinstance(request_body, dict) and any(media.get("schema", {}).get("required")
-                                                      for media in request_body.get("content", {}).values()):
-                request_body["required"] = True
-    except (ValueError, AttributeError):
+            if not isinstance(request_body, dict):
+                continue
+            for media in request_body.get("content", {}).values():
+                body_schema = media.get("schema", {})
+                if body_schema.get("required"):
+                    request_body["required"] = True
+                if route == "/predict" and served:
+                    for name, described in served.items():
+                        if name in body_schema.get("properties", {}):
+                            body_schema["properties"][name] = {**described, "default": None}
+    except (ValueError, AttributeError, TypeError):
         return None
     return json.dumps(schema).encode()
 
 
 def _patching_docs(send: Any) -> Any:
-    return _buffered(send, lambda m: m.get("status") == 200, _body_required)
+    served = _served_schemas()
+    return _buffered(send, lambda m: m.get("status") == 200, lambda body: _patch_docs(body, served))
 
 
 class ServiceRoutes:
@@ -273,7 +301,8 @@ class ServiceRoutes:
     * A POST whose body is declared as anything but JSON (a form, a multipart body without a boundary) is a 415
       naming the content type to use, before BentoML tries to parse it.
     * ``/docs.json`` says that a POST whose body has required fields needs its body (BentoML's schema leaves
-      ``requestBody`` optional, and an empty POST is refused).
+      ``requestBody`` optional, and an empty POST is refused), and describes ``/predict``'s ``features`` and
+      ``entity`` as the served dataset's: every key, its type, the steps of a sequence (see `_patch_docs`).
     * ``POST /predict`` is answered here: the body is validated with `PredictInput` (the API's own input model,
       so the same requests are refused with the same errors) and goes to the worker's predictor. BentoML's
       outer middlewares (timeout, concurrency limit, HTTP metrics, access log and tracing where on) still

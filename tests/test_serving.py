@@ -473,6 +473,39 @@ def test_the_schema_says_a_request_needs_its_body_and_exactly_one_of_entity_and_
     assert required == {"/predict": True, "/predict_batch": True, "/models": False}
 
 
+def _as_json_schema(oas: object) -> object:
+    """An OpenAPI 3.0 schema as JSON Schema (``nullable: true`` becomes an ``anyOf`` with null)."""
+    if isinstance(oas, list):
+        return [_as_json_schema(x) for x in oas]
+    if not isinstance(oas, dict):
+        return oas
+    out = {k: _as_json_schema(v) for k, v in oas.items() if k not in ("nullable", "default")}
+    return {"anyOf": [out, {"type": "null"}]} if oas.get("nullable") else out
+
+
+def test_the_schema_describes_the_served_datasets_features_and_entity(http, tiny, example):
+    import jsonschema
+
+    spec = tiny.data.spec
+    body = http.get("/docs.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    features = body["schema"]["properties"]["features"]
+    assert features["required"] == spec.feature_columns and features["additionalProperties"] is False
+    for s in spec.sequences:
+        assert {features["properties"][c]["maxItems"] for c in s.columns} == {s.max_length}
+    entity = body["schema"]["properties"]["entity"]
+    assert entity["required"] == list(spec.entity_keys) and entity["additionalProperties"] is False
+    # a request the service answers is valid under the schema; one missing a feature, or with a text number, is not
+    jsonschema.validate(example["features"], _as_json_schema(features))
+    assert http.post("/predict", json={"scenario": tiny.light_scenario, **example}).status_code == 200
+    column = spec.profile_numeric[0].name
+    for broken in ({k: v for k, v in example["features"].items() if k != column},
+                   {**example["features"], column: "1.5"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, _as_json_schema(features))
+        r = http.post("/predict", json={"scenario": tiny.light_scenario, **example, "features": broken})
+        assert r.status_code == 400 and r.json()["field"] == f"features.{column}", r.text
+
+
 def test_a_body_that_is_not_json_is_415_not_500(http):
     for ctype in ("multipart/form-data", "application/x-www-form-urlencoded", "application/xml"):
         r = http.post("/predict_batch", content=b'{"requests": []}', headers={"content-type": ctype})

@@ -522,6 +522,23 @@ class Predictor:
                 "feature_source": self.source.name, "last_reload_error": self.last_reload_error,
                 "index": self.index_source, "cache": cache, "degraded": self.degraded()}
 
+    def request_schemas(self) -> dict[str, dict[str, Any]] | None:
+        """OpenAPI schemas of the ``features`` and ``entity`` objects the served dataset takes (see
+        `longtail.online.schema`): the spec of the fallback model, which every scenario's model is fine-tuned or
+        derived from. None before the fallback is loaded, or when a loaded model's dataset differs from it (the
+        request fields are then those of each scenario's model)."""
+        from longtail.online.schema import request_schemas
+
+        with self._lock:
+            fallback = self._loaded.get(self._fallback_ref) if self._fallback_ref is not None else None
+            specs = [slot.transforms.spec for slot in self._loaded.values()]
+        if fallback is None:
+            return None
+        spec = fallback.transforms.spec
+        if any(other is not spec and other != spec for other in specs):
+            return None
+        return request_schemas(spec)
+
     def _describe(self, ref: Ref, wanted: Ref) -> dict[str, Any]:
         slot = self._loaded.get(ref)
         out = slot.describe() if slot is not None else {
