@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import bentoml
-from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from serving.service import PREDICTION_ROUTES, PredictInput, _read_body, _request_error, _send_json
+from longtail.online.config import ServingConfig
+from serving.service import _send_json, bentoml_options, read_predict_input
 
 _ANSWER = {"probability": 0.5, "scenario": "", "model_name": "floor", "model_version": 1, "model_kind": "none",
            "fallback": False, "served_by": "scenario"}
@@ -47,20 +47,13 @@ class ConstantRoute:
         if scope.get("type") != "http" or scope.get("path") != "/predict" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        if body is None:
-            return
-        try:
-            item = PredictInput.model_validate_json(body)
-        except ValidationError as e:
-            await _send_json(send, 400, _request_error(e.errors(include_url=False, include_context=False,
-                                                                include_input=False)))
-            return
-        await _send_json(send, 200, {**_ANSWER, "scenario": item.scenario})
+        item = await read_predict_input(receive, send)
+        if item is not None:
+            await _send_json(send, 200, {**_ANSWER, "scenario": item.scenario})
 
 
 @bentoml.service(name="longtail_floor_route", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count",
-                 logging={"access": {"enabled": False}}, tracing={"excluded_urls": list(PREDICTION_ROUTES)})
+                 **bentoml_options(ServingConfig()))
 class FloorRoute:
     """Answers every request with the same body, on the service's own route and settings."""
 

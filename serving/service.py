@@ -48,6 +48,13 @@ log = logging.getLogger("longtail.online")
 SETTINGS = load_serving_config()
 PREDICTION_ROUTES = ("/predict", "/predict_batch")
 
+
+def bentoml_options(settings: Any) -> dict[str, Any]:
+    """The ``@bentoml.service`` options that follow the serving config: BentoML's access log (``access_log``)
+    and its OpenTelemetry spans for the prediction routes (``trace_requests``)."""
+    return {"logging": {"access": {"enabled": settings.access_log}},
+            "tracing": {"excluded_urls": [] if settings.trace_requests else list(PREDICTION_ROUTES)}}
+
 PREDICTIONS = bentoml.metrics.Counter(
     name="longtail_predictions_total", documentation="Predictions served, per scenario and model version",
     labelnames=["scenario", "model_name", "model_version", "served_by"])
@@ -215,6 +222,22 @@ async def _read_body(receive: Any) -> bytes | None:
             return b"".join(chunks)
 
 
+async def read_predict_input(receive: Any, send: Any) -> PredictInput | None:
+    """``POST /predict``'s body validated with `PredictInput`; None when it is refused (a 400 in the service's
+    format is sent, logged as one line and counted) or the client went away."""
+    body = await _read_body(receive)
+    if body is None:
+        return None
+    try:
+        return PredictInput.model_validate_json(body)
+    except ValidationError as e:
+        refused = _request_error(e.errors(include_url=False, include_context=False, include_input=False))
+        log.warning("400 RequestError on /predict: %s", refused["message"])
+        ERRORS.labels(error="RequestError").inc()
+        await _send_json(send, 400, refused)
+        return None
+
+
 def _json_or_unset(scope: dict) -> bool:
     for key, value in scope.get("headers", ()):
         if key == b"content-type":
@@ -343,16 +366,8 @@ class ServiceRoutes:
 
     @staticmethod
     async def _predict(receive: Any, send: Any) -> None:
-        body = await _read_body(receive)
-        if body is None:
-            return
-        try:
-            item = PredictInput.model_validate_json(body)
-        except ValidationError as e:
-            refused = _request_error(e.errors(include_url=False, include_context=False, include_input=False))
-            log.warning("400 RequestError on /predict: %s", refused["message"])
-            ERRORS.labels(error="RequestError").inc()
-            await _send_json(send, 400, refused)
+        item = await read_predict_input(receive, send)
+        if item is None:
             return
         try:
             service = bentoml.get_current_service()
@@ -374,8 +389,7 @@ class ServiceRoutes:
 
 
 @bentoml.service(name="longtail_serving", traffic={"timeout": 30, "concurrency": 256}, workers="cpu_count",
-                 logging={"access": {"enabled": SETTINGS.access_log}},
-                 tracing={"excluded_urls": [] if SETTINGS.trace_requests else list(PREDICTION_ROUTES)})
+                 **bentoml_options(SETTINGS))
 class LongtailServing:
     """Serves the promoted model of every scenario (light models in production)."""
 
