@@ -276,50 +276,6 @@ def _corrupt_copy(tiny, dest: Path) -> str:
     return f"{name} v{version}"
 
 
-def test_a_load_that_a_request_waits_for_goes_before_the_preload(tiny, example, tmp_path):
-    """A restart under traffic: while a request's model loads, the background preload starts no load of its own."""
-    shutil.copytree(tiny.registry.store.root, tmp_path / "registry")
-    reg = open_registry(tmp_path / "registry")
-    name, version = reg.serving(tiny.heavy_scenario)
-    folder = tmp_path / "registry" / "models" / name / "versions" / str(version) / "files"
-    for i in range(4):
-        mv = reg.publish(f"specific-y{i}", folder, kind="specific", scenario=f"y{i}", metrics={}, lineage=lineage())
-        reg.promote(f"y{i}", *mv.ref)
-    loads: list[tuple[str, str, float, float]] = []  # (model, thread, start, end)
-    preloading = threading.Event()
-
-    class SlowLoads(Predictor):
-        def _build_slot(self, ref):
-            t0 = time.monotonic()
-            if threading.current_thread().name == "longtail-preload":
-                preloading.set()
-            time.sleep(0.2)
-            slot = super()._build_slot(ref)
-            loads.append((ref[0], threading.current_thread().name, t0, time.monotonic()))
-            return slot
-
-    p = SlowLoads(ServingConfig(registry=str(tmp_path / "registry"), poll_seconds=0)).start()
-    try:
-        assert sorted(p.models()["scenarios"])[-2:] == ["y2", "y3"]  # the preload's last
-        assert preloading.wait(10)  # requests arrive while the preload's first load runs
-        asking = [threading.Thread(target=p.predict, args=(PredictRequest(s, **example),)) for s in ("y3", "y2")]
-        for t in asking:
-            t.start()
-        for t in asking:
-            t.join(30)
-        deadline = time.monotonic() + 30
-        while len(loads) < 7 and time.monotonic() < deadline:  # the fallback, 2 tiny models, y0..y3
-            time.sleep(0.05)
-    finally:
-        p.close()
-    assert len(loads) == 7, loads
-    demanded = [x for x in loads if x[1].startswith("longtail-load")]
-    assert sorted(x[0] for x in demanded) == ["specific-y2", "specific-y3"], loads
-    first, last = min(x[2] for x in demanded), max(x[3] for x in demanded)
-    started_meanwhile = [x for x in loads if x[1] == "longtail-preload" and first < x[2] < last]
-    assert started_meanwhile == [], loads
-
-
 def test_corrupt_weights_make_their_scenario_degraded_not_fallback(tiny, example, tmp_path):
     which = _corrupt_copy(tiny, tmp_path / "registry")
     p = Predictor(ServingConfig(registry=str(tmp_path / "registry"), poll_seconds=0)).start(background=False)

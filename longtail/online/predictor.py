@@ -200,9 +200,6 @@ class Predictor:
         self._loop_batches: dict[asyncio.AbstractEventLoop, list] = {}  # each event loop's waiting requests
         self._threads: list[threading.Thread] = []
         self._loader: ThreadPoolExecutor | None = None
-        self._queued_loads = 0  # loads submitted to `_loader` and not finished (requests wait on most of them)
-        self._no_queued_loads = threading.Event()
-        self._no_queued_loads.set()
         self.last_reload_error: str | None = None
         self.index_source = ""
 
@@ -320,20 +317,8 @@ class Predictor:
         if self._loader is None:
             self._run_load(ref, future)
         else:
-            with self._lock:
-                self._queued_loads += 1
-                self._no_queued_loads.clear()
-            self._loader.submit(self._run_queued_load, ref, future)
+            self._loader.submit(self._run_load, ref, future)
         return future
-
-    def _run_queued_load(self, ref: Ref, future: Future) -> None:
-        try:
-            self._run_load(ref, future)
-        finally:
-            with self._lock:
-                self._queued_loads -= 1
-                if self._queued_loads == 0:
-                    self._no_queued_loads.set()
 
     def _load_now(self, ref: Ref) -> ModelSlot | None:
         """Load ``ref`` in this thread (or wait for the load already running)."""
@@ -398,14 +383,9 @@ class Predictor:
                 self._bytes -= self._loaded.pop(ref).nbytes
 
     def _preload(self) -> None:
-        """Load the pointed-to models in the background after start, while the cache has room.
-
-        A load that requests wait for (queued on the loader threads) goes first: the preload waits while one is
-        queued (at most a second at a time, so that it still moves under steady traffic), rather than taking
-        half the process's CPU from the loads that answer requests (a restart under traffic)."""
+        """Load the pointed-to models in the background after start, while the cache has room."""
         budget = self.config.model_cache_mb * 1e6
         for scenario in sorted(self._wanted):
-            self._no_queued_loads.wait(timeout=1.0)
             if self._stop.is_set():
                 return
             with self._lock:
