@@ -93,7 +93,8 @@ class PredictItem(BaseModel):
     entity: dict[str, StrictStr | StrictInt | StrictFloat] | None = Field(
         default=None, description="entity keys: features are read from the online store")
     features: dict[str, Any] | None = Field(default=None, description="raw feature values instead of entity")
-    event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)")
+    event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)",
+                                        json_schema_extra={"format": "date-time"})
     return_features: StrictBool = Field(default=False, description="echo the scored feature values (true or false)")
 
 

@@ -492,6 +492,7 @@ def test_the_schema_describes_the_served_datasets_features_and_entity(http, tiny
     assert features["required"] == spec.feature_columns and features["additionalProperties"] is False
     for s in spec.sequences:
         assert {features["properties"][c]["maxItems"] for c in s.columns} == {s.max_length}
+    assert body["schema"]["properties"]["event_timestamp"]["format"] == "date-time"  # not any string
     entity = body["schema"]["properties"]["entity"]
     assert entity["required"] == list(spec.entity_keys) and entity["additionalProperties"] is False
     # a request the service answers is valid under the schema; one missing a feature, or with a text number, is not
