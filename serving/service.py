@@ -93,8 +93,7 @@ class PredictItem(BaseModel):
     entity: dict[str, StrictStr | StrictInt | StrictFloat] | None = Field(
         default=None, description="entity keys: features are read from the online store")
     features: dict[str, Any] | None = Field(default=None, description="raw feature values instead of entity")
-    event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)",
-                                        json_schema_extra={"format": "date-time"})
+    event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)")
     return_features: StrictBool = Field(default=False, description="echo the scored feature values (true or false)")
 
 
@@ -102,6 +101,10 @@ class PredictInput(PredictItem):
     """The body of ``/predict``: one request, with exactly one of ``entity`` and ``features``."""
 
     model_config = ConfigDict(json_schema_extra=EXACTLY_ONE_SOURCE)
+
+    # a date-time in the schema (a batch item keeps any string: a bad time fails that item alone, in a 200)
+    event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)",
+                                        json_schema_extra={"format": "date-time"})
 
 
 def _request(item: PredictItem) -> Any:
@@ -288,8 +291,9 @@ def _served_schemas() -> dict[str, Any] | None:
 def _patch_docs(body: bytes, served: dict[str, Any] | None) -> bytes | None:
     """BentoML's OpenAPI document, with: a POST whose body has required fields needs its body; and ``/predict``'s
     ``features`` and ``entity`` described as the served dataset's (``served``, see
-    `longtail.online.Predictor.request_schemas`; left as plain objects when None). ``/predict_batch`` items keep
-    plain objects: an item whose features are wrong fails alone, in a 200."""
+    `longtail.online.Predictor.request_schemas`; left as plain objects when None), and no ``entity`` at all where
+    the service has no online store. ``/predict_batch`` items keep plain objects: an item whose features are
+    wrong fails alone, in a 200."""
     try:
         schema = json.loads(body)
         for route, path in schema.get("paths", {}).items():
@@ -302,8 +306,13 @@ def _patch_docs(body: bytes, served: dict[str, Any] | None) -> bytes | None:
                     request_body["required"] = True
                 if route == "/predict" and served:
                     for name, described in served.items():
-                        if name in body_schema.get("properties", {}):
+                        if name in body_schema.get("properties", {}) and described is not None:
                             body_schema["properties"][name] = {**described, "default": None}
+                    if served.get("entity", True) is None:  # no online store here: only features are served
+                        body_schema["properties"].pop("entity", None)
+                        body_schema["oneOf"] = [b for b in body_schema.get("oneOf", [])
+                                                if b.get("required") != ["entity"]]
+                        body_schema["not"] = {"required": ["entity"]}
     except (ValueError, AttributeError, TypeError):
         return None
     return json.dumps(schema).encode()
@@ -381,6 +390,11 @@ class ServiceRoutes:
         except ServingError as e:
             log.warning("%d %s on /predict: %s", e.status, type(e).__name__, e)
             await _send_json(send, e.status, e.to_dict())
+            return
+        except Exception:  # a bug, not the client's: logged with its traceback, answered as BentoML answers one
+            log.exception("POST /predict failed")
+            await _send_json(send, 500, {"error": "InternalServerError", "field": "",
+                                         "message": "an unexpected error has occurred; see the service log"})
             return
         await _send_json(send, 200, prediction.to_dict())
 

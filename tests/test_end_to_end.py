@@ -141,6 +141,11 @@ def test_an_entity_request_reads_the_feast_online_store(onboarded, service):
     again = httpx.post(f"{service}/predict", json={"scenario": "s02", "features": online["features"]},
                        timeout=60).json()
     assert again["probability"] == pytest.approx(online["probability"], abs=1e-6)
+    # with an online store, the schema describes the entity keys a request names
+    docs = httpx.get(f"{service}/docs.json", timeout=30).json()
+    body = docs["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["entity"]["required"] == list(data.spec.entity_keys)
+    assert [b["required"] for b in body["oneOf"]] == [["entity"], ["features"]]
     # one worker per core, each with its own cache: the worker that answers /models may still be preloading
     # s02 (state "loading", no kind yet); every worker preloads the pointed-to models, so it turns "loaded"
     deadline = time.monotonic() + 60

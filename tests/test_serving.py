@@ -389,6 +389,7 @@ def test_http_batch_matches_single(http, tiny, example):
     ({"scenario": "s00", "entity": {"user_id": 1}}, "entity"),
     ({"scenario": "s00", "entity": {"user_id": True}}, "entity.user_id"),
     ({"scenario": ["s00"], "features": {}}, "scenario"),
+    ({"scenario": "s00", "features": {}, "event_timestamp": "9999-12-31T00:00:00Z"}, "event_timestamp"),  # no int64 ns
 ])
 def test_http_invalid_input_is_4xx_naming_the_field(http, body, field):
     r = http.post("/predict", json=body)
@@ -406,6 +407,10 @@ def test_http_batch_item_error_fails_only_its_item(http, tiny, example):
     assert failed["field"] == "requests[1].features.x2" and "requests[1].features.x2" in failed["message"]
     assert first["probability"] == pytest.approx(last["probability"], abs=1e-12) and "error" not in first
     assert http.post("/predict_batch", json={"requests": []}).status_code == 400  # the call itself is invalid
+    # a time no int64 of nanoseconds holds fails its item alone (it was a 500 for the whole call)
+    far = {**good, "event_timestamp": "9999-12-31T00:00:00Z"}
+    r = http.post("/predict_batch", json={"requests": [good, far]})
+    assert r.status_code == 200 and r.json()[1]["field"] == "requests[1].event_timestamp", r.text
     # an item the schema itself refuses (an entity key's value must be a string or a number) refuses the call
     r = http.post("/predict_batch", json={"requests": [good, {"scenario": "s00", "entity": {"user_id": False}}]})
     assert r.status_code == 400 and r.json()["field"].startswith("requests[1].entity.user_id"), r.text
@@ -466,7 +471,9 @@ def test_readyz_answers_get_and_head_only(http):
 def test_the_schema_says_a_request_needs_its_body_and_exactly_one_of_entity_and_features(http):
     schemas = http.get("/docs.json").json()
     body = schemas["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert [b["required"] for b in body["oneOf"]] == [["entity"], ["features"]]
+    # this service has no online store (feature_source: raw): a request with entity is not schema-valid
+    assert [b["required"] for b in body["oneOf"]] == [["features"]] and body["not"] == {"required": ["entity"]}
+    assert "entity" not in body["properties"]
     assert "oneOf" not in schemas["components"]["schemas"]["PredictItem"]  # a batch item fails alone, in a 200
     required = {path: op["post"]["requestBody"].get("required", False) for path, op in schemas["paths"].items()
                 if "post" in op}
@@ -483,7 +490,7 @@ def _as_json_schema(oas: object) -> object:
     return {"anyOf": [out, {"type": "null"}]} if oas.get("nullable") else out
 
 
-def test_the_schema_describes_the_served_datasets_features_and_entity(http, tiny, example):
+def test_the_schema_describes_the_served_datasets_features(http, tiny, example):
     import jsonschema
 
     spec = tiny.data.spec
@@ -493,8 +500,6 @@ def test_the_schema_describes_the_served_datasets_features_and_entity(http, tiny
     for s in spec.sequences:
         assert {features["properties"][c]["maxItems"] for c in s.columns} == {s.max_length}
     assert body["schema"]["properties"]["event_timestamp"]["format"] == "date-time"  # not any string
-    entity = body["schema"]["properties"]["entity"]
-    assert entity["required"] == list(spec.entity_keys) and entity["additionalProperties"] is False
     # a request the service answers is valid under the schema; one missing a feature, or with a text number, is not
     jsonschema.validate(example["features"], _as_json_schema(features))
     assert http.post("/predict", json={"scenario": tiny.light_scenario, **example}).status_code == 200

@@ -84,7 +84,8 @@ def parse_time_ns(value: Any, field: str) -> int:
     """A prediction or step time as ns since the epoch (UTC), accepting what `parse_time` accepts.
 
     Raises:
-        RequestError: naming ``field`` (the message of `parse_time`).
+        RequestError: naming ``field`` (the message of `parse_time`, or a time outside the nanosecond range,
+            about the years 1677 to 2262).
     """
     if type(value) is str:
         ns = _TIME_CACHE.get(value)
@@ -96,7 +97,12 @@ def parse_time_ns(value: Any, field: str) -> int:
                 _TIME_CACHE.clear()
             _TIME_CACHE[value] = ns
             return ns
-    return int(parse_time(value, field).value)
+    ts = parse_time(value, field)
+    try:
+        return int(ts.value)
+    except OverflowError:  # a valid ISO time such as year 9999 that no int64 of nanoseconds holds
+        raise RequestError(f"'{field}' is {ts.isoformat()}, outside the times this service handles (about the years "
+                           "1677 to 2262); send a time in that range", field=field) from None
 
 
 

@@ -525,8 +525,9 @@ class Predictor:
     def request_schemas(self) -> dict[str, dict[str, Any]] | None:
         """OpenAPI schemas of the ``features`` and ``entity`` objects the served dataset takes (see
         `longtail.online.schema`): the spec of the fallback model, which every scenario's model is fine-tuned or
-        derived from. None before the fallback is loaded, or when a loaded model's dataset differs from it (the
-        request fields are then those of each scenario's model)."""
+        derived from. ``entity`` is None when the feature source is ``raw`` (entity requests are refused). None
+        before the fallback is loaded, or when a loaded model's dataset differs from it (the request fields are
+        then those of each scenario's model)."""
         from longtail.online.schema import request_schemas
 
         with self._lock:
@@ -537,7 +538,10 @@ class Predictor:
         spec = fallback.transforms.spec
         if any(other is not spec and other != spec for other in specs):
             return None
-        return request_schemas(spec)
+        schemas = request_schemas(spec)
+        if self.source.name == "raw":
+            schemas["entity"] = None
+        return schemas
 
     def _describe(self, ref: Ref, wanted: Ref) -> dict[str, Any]:
         slot = self._loaded.get(ref)
