@@ -104,7 +104,7 @@ class PredictInput(PredictItem):
 
     # a date-time in the schema (a batch item keeps any string: a bad time fails that item alone, in a 200)
     event_timestamp: str | None = Field(default=None, description="prediction time, ISO 8601 (default now)",
-                                        json_schema_extra={"format": "date-time"})
+                                        json_schema_extra={"format": "date-time", "nullable": True})
 
 
 def _request(item: PredictItem) -> Any:

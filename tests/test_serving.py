@@ -499,7 +499,8 @@ def test_the_schema_describes_the_served_datasets_features(http, tiny, example):
     assert features["required"] == spec.feature_columns and features["additionalProperties"] is False
     for s in spec.sequences:
         assert {features["properties"][c]["maxItems"] for c in s.columns} == {s.max_length}
-    assert body["schema"]["properties"]["event_timestamp"]["format"] == "date-time"  # not any string
+    when = body["schema"]["properties"]["event_timestamp"]
+    assert when["format"] == "date-time" and when["nullable"] is True  # not any string; null: now
     # a request the service answers is valid under the schema; one missing a feature, or with a text number, is not
     jsonschema.validate(example["features"], _as_json_schema(features))
     assert http.post("/predict", json={"scenario": tiny.light_scenario, **example}).status_code == 200
