@@ -339,8 +339,9 @@ class ServiceRoutes:
     * ``POST /predict`` is answered here: the body is validated with `PredictInput` (the API's own input model,
       so the same requests are refused with the same errors) and goes to the worker's predictor. BentoML's
       outer middlewares (timeout, concurrency limit, HTTP metrics, access log and tracing where on) still
-      wrap it; its per-API request and response handling, which would double the CPU of a light model's
-      request, does not run. ``/predict_batch`` and every other route are BentoML's.
+      wrap it; its per-API request and response handling (a large share of a light model's request: the
+      floor rows of ``bench/results/serving.md``) does not run. ``/predict_batch`` and every other route are
+      BentoML's.
     """
 
     def __init__(self, app: Any):
