@@ -114,9 +114,24 @@ def _request(item: PredictItem) -> Any:
                           event_timestamp=item.event_timestamp, return_features=item.return_features)
 
 
-def _refused(e: ServingError, path: str) -> JSONResponse:
+def _log_refused(e: ServingError, path: str) -> None:
     log.warning("%d %s on %s: %s", e.status, type(e).__name__, path, e)
+
+
+def _refused(e: ServingError, path: str) -> JSONResponse:
+    _log_refused(e, path)
     return JSONResponse(e.to_dict(), status_code=e.status)
+
+
+async def _answer_one(predictor: Any, request: Any) -> tuple[int, dict[str, Any]]:
+    """One ``/predict`` request's status and body: its prediction, or the error that refused it (logged as one
+    line)."""
+    try:
+        prediction = await predictor.apredict(request)
+    except ServingError as e:
+        _log_refused(e, "/predict")
+        return e.status, e.to_dict()
+    return 200, prediction.to_dict()
 
 
 def _item(result: Any) -> dict[str, Any]:
@@ -387,17 +402,12 @@ class ServiceRoutes:
                                          "message": "this worker is still starting; retry shortly"})
             return
         try:
-            prediction = await service.predictor.apredict(_request(item))
-        except ServingError as e:
-            log.warning("%d %s on /predict: %s", e.status, type(e).__name__, e)
-            await _send_json(send, e.status, e.to_dict())
-            return
+            status, body = await _answer_one(service.predictor, _request(item))
         except Exception:  # a bug, not the client's: logged with its traceback, answered as BentoML answers one
             log.exception("POST /predict failed")
-            await _send_json(send, 500, {"error": "InternalServerError", "field": "",
-                                         "message": "an unexpected error has occurred; see the service log"})
-            return
-        await _send_json(send, 200, prediction.to_dict())
+            status, body = 500, {"error": "InternalServerError", "field": "",
+                                 "message": "an unexpected error has occurred; see the service log"}
+        await _send_json(send, status, body)
 
     @staticmethod
     def _rewriting_400(send: Any) -> Any:
@@ -416,7 +426,7 @@ class LongtailServing:
         from serving.feast_source import feature_source
 
         self.request = PredictRequest
-        self.config = load_serving_config()
+        self.config = SETTINGS  # read once, when the module was imported
         self.predictor = Predictor(self.config, source=feature_source(self.config), observer=_observe())
         self.grpc_server = None
         # the index and the fallback load in the background: /readyz answers 503 until then (liveness stays green)
@@ -449,13 +459,12 @@ class LongtailServing:
     async def predict(self, scenario: str = SCENARIO_FIELD,
                       entity: dict[str, str | int | float] | None = None, features: dict[str, Any] | None = None,
                       event_timestamp: str | None = None, return_features: bool = False) -> dict[str, Any]:
-        """Probability for one request: the scenario plus its entity keys or its raw features."""
-        try:
-            prediction = await self.predictor.apredict(self.request(scenario, entity, features, event_timestamp,
-                                                                    return_features))
-        except ServingError as e:
-            return _refused(e, "/predict")
-        return JSONResponse(prediction.to_dict())  # a Response is sent as it is (no per-call output schema)
+        """Probability for one request: the scenario plus its entity keys or its raw features. Over HTTP,
+        `ServiceRoutes` answers ``POST /predict`` with the same `_answer_one`; this method gives the API its
+        schema and serves in-process callers."""
+        status, body = await _answer_one(self.predictor, self.request(scenario, entity, features, event_timestamp,
+                                                                      return_features))
+        return JSONResponse(body, status_code=status)  # a Response is sent as it is (no per-call output schema)
 
     @bentoml.api
     async def predict_batch(self, requests: list[PredictItem] = BATCH_FIELD) -> list[dict[str, Any]]:

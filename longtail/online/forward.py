@@ -228,20 +228,21 @@ def _architecture_key(model: nn.Module, info: Mapping[str, Any] | None) -> str:
     classes of its modules, and the names, shapes and dtypes of its weights (each model is still checked against
     its own eager output)."""
     fields = {k: (info or {}).get(k) for k in ("kind", "config", "genotypes", "schema")}
-    if isinstance(fields["schema"], dict) and not _embeds_numerics(model):
+    submodules = list(model.modules())
+    if isinstance(fields["schema"], dict) and not _embeds_numerics(submodules):
         # the transforms' bin edges differ from model to model but only a piecewise-linear embedding computes with
         # them (as constants of its graph); without one, models of one shape share a graph whatever their edges
         fields["schema"] = _without_edges(fields["schema"])
     shapes = [(n, list(t.shape), str(t.dtype)) for n, t in zip(_state_names(model), _state_tensors(model), strict=True)]
-    modules = [type(m).__qualname__ for m in model.modules()]
+    modules = [type(m).__qualname__ for m in submodules]
     text = json.dumps({"info": fields, "modules": modules, "state": shapes}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _embeds_numerics(model: nn.Module) -> bool:
+def _embeds_numerics(submodules: Sequence[nn.Module]) -> bool:
     from longtail.models.numeric import PiecewiseLinearEmbedding
 
-    return any(isinstance(m, PiecewiseLinearEmbedding) for m in model.modules())
+    return any(isinstance(m, PiecewiseLinearEmbedding) for m in submodules)
 
 
 def _without_edges(schema: dict[str, Any]) -> dict[str, Any]:
