@@ -272,15 +272,26 @@ def variant_lines(folder: Path) -> list[str]:
     out = []
     for stamp in sorted(folder.glob("*.recipe.json")):
         mine = json.loads(stamp.read_text())
-        diffs = _diff(base, mine)
+        newer: list[str] = []
+        diffs = _diff(base, mine, newer=newer)
         out.append(f"* {stamp.name.removesuffix('.recipe.json')}: preset {mine.get('preset')}"
-                   + (f", differs from the default recipe in {', '.join(diffs)}" if diffs else ""))
+                   + (f", differs from the default recipe in {', '.join(diffs)}" if diffs else "")
+                   + (f"; recorded before {len(newer)} later settings existed ({', '.join(newer)}: read at "
+                      "their defaults)" if newer else ""))
     return out
 
 
-def _diff(a, b, prefix: str = "") -> list[str]:
+def _diff(a, b, prefix: str = "", newer: list[str] | None = None) -> list[str]:
+    """The settings of recipe ``b`` that differ from ``a``; a setting ``b`` lacks (added to the recipe after ``b``
+    was recorded) goes to ``newer`` instead."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k not in b and newer is not None:
+                newer.append(f"{prefix}{k}")
+            else:
+                out += _diff(a.get(k), b.get(k), f"{prefix}{k}.", newer)
+        return out
     return [] if a == b else [f"{prefix.rstrip('.')}={b}"]
 
 
