@@ -566,7 +566,7 @@ class DatasetSpec:
                     f"column '{col}': step count differs from the other fields of sequence '{s.name}' "
                     f"in {int((lens != lengths).sum())} row(s); all fields of a sequence must align"
                 )
-            flat = pd.Series(flatten_steps(cells[lens > 0]))  # the rows with steps (the same steps, fewer cells)
+            flat = pd.Series(flatten_steps(cells))
             if fname == s.timestamp_field:
                 out += self._leak_problems(df, col, flat, lens)
                 continue
@@ -610,12 +610,14 @@ def _utc_naive(ts: pd.Series) -> np.ndarray:
 
 
 def flatten_steps(col: pd.Series | np.ndarray) -> np.ndarray:
-    """All steps of a sequence list column (or its cells), row after row, keeping the native dtype where there is one."""
-    parts = [v for v in col if len(v)]
-    if not parts:
+    """All steps of a sequence list column (or its cells), row after row, keeping the native dtype where there is
+    one. The rows with steps are picked without a Python loop (`longtail.data.transforms` flattens with it too)."""
+    values = col.to_numpy() if isinstance(col, pd.Series) else col
+    parts = values[np.fromiter(map(len, values), dtype=np.int64, count=len(values)) > 0] if len(values) else values
+    if not len(parts):
         return np.array([], dtype=float)
     try:
-        return np.concatenate(parts)  # parquet gives numpy arrays: no per-row conversion needed
+        return np.concatenate(list(parts))  # parquet gives numpy arrays: no per-row conversion needed
     except (ValueError, TypeError):  # mixed element types across rows (e.g. None among numbers)
         return np.concatenate([np.asarray(v, dtype=object) for v in parts])
 

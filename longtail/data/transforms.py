@@ -28,6 +28,7 @@ from longtail.spec import (
     NumericFeature,
     SequenceSpec,
     SpecError,
+    flatten_steps,
 )
 
 CLIP = 8.0  # normalised values are clipped to ±CLIP so one outlier cannot blow up a batch
@@ -163,9 +164,9 @@ class FittedTransforms:
             vocab[c.name] = Vocabulary.fit(c, df[c.name])
         for s in spec.sequences:
             for f in s.numeric:
-                numeric[s.column(f.name)] = NumericStats.fit(f, _num(_flat(df[s.column(f.name)])))
+                numeric[s.column(f.name)] = NumericStats.fit(f, _num(flatten_steps(df[s.column(f.name)])))
             for c in s.categorical:
-                vocab[s.column(c.name)] = Vocabulary.fit(c, pd.Series(_flat(df[s.column(c.name)])))
+                vocab[s.column(c.name)] = Vocabulary.fit(c, pd.Series(flatten_steps(df[s.column(c.name)])))
             if s.timestamp_field:
                 hours = _hours_before(df, spec, s)
                 numeric[s.column(HOURS_BEFORE)] = NumericStats.fit(
@@ -266,7 +267,7 @@ class FittedTransforms:
 
         num_fields: list[np.ndarray] = []
         for f in s.numeric:
-            x, miss = self.numeric[s.column(f.name)].apply(_num(_flat(df[s.column(f.name)]))[src])
+            x, miss = self.numeric[s.column(f.name)].apply(_num(flatten_steps(df[s.column(f.name)]))[src])
             num_fields.append(x)
             if f.nullable:
                 num_fields.append(miss)
@@ -281,7 +282,7 @@ class FittedTransforms:
         grid = seq_cat.reshape(n * T, len(s.categorical))
         for k, c in enumerate(s.categorical):
             col = s.column(c.name)
-            grid[cell, k] = self.vocab[col].apply(_flat(df[col])[src], col)
+            grid[cell, k] = self.vocab[col].apply(flatten_steps(df[col])[src], col)
         return seq_num, seq_cat, mask
 
     # ------------------------------------------------------------------ persistence
@@ -316,24 +317,12 @@ def _lengths(col: pd.Series) -> np.ndarray:
     return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
 
 
-def _flat(col: pd.Series) -> np.ndarray:
-    """``flatten_steps(col)`` (the same array), with the rows that have steps picked without a Python loop."""
-    values = col.to_numpy()
-    parts = values[_lengths(col) > 0] if len(values) else values
-    if not len(parts):
-        return np.array([], dtype=float)
-    try:
-        return np.concatenate(list(parts))
-    except (ValueError, TypeError):  # mixed element types across rows, as flatten_steps handles them
-        return np.concatenate([np.asarray(v, dtype=object) for v in parts])
-
-
 def _hours_before(df: pd.DataFrame, spec: DatasetSpec, s: SequenceSpec) -> np.ndarray:
     col = df[s.column(s.timestamp_field)]
     lens = _lengths(col)
     if not lens.sum():
         return np.zeros(0)
-    steps = utc_naive(_flat(col))
+    steps = utc_naive(flatten_steps(col))
     events = np.repeat(utc_naive(df[spec.event_timestamp]), lens)
     return (events - steps) / np.timedelta64(1, "h")
 
