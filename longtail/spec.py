@@ -551,7 +551,7 @@ class DatasetSpec:
                     f"in {int(bad_type.sum())} row(s); store an empty list for no steps"
                 )
                 continue
-            lens = np.fromiter(map(len, cells), dtype=np.int64, count=len(cells))
+            lens = step_counts(cells)
             if lengths is None:
                 lengths = lens
                 too_long = lens > s.max_length
@@ -566,7 +566,7 @@ class DatasetSpec:
                     f"column '{col}': step count differs from the other fields of sequence '{s.name}' "
                     f"in {int((lens != lengths).sum())} row(s); all fields of a sequence must align"
                 )
-            flat = pd.Series(flatten_steps(cells))
+            flat = pd.Series(flatten_steps(cells, lens))
             if fname == s.timestamp_field:
                 out += self._leak_problems(df, col, flat, lens)
                 continue
@@ -609,11 +609,20 @@ def _utc_naive(ts: pd.Series) -> np.ndarray:
     return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
 
 
-def flatten_steps(col: pd.Series | np.ndarray) -> np.ndarray:
-    """All steps of a sequence list column (or its cells), row after row, keeping the native dtype where there is
-    one. The rows with steps are picked without a Python loop (`longtail.data.transforms` flattens with it too)."""
+def step_counts(col: pd.Series | np.ndarray) -> np.ndarray:
+    """Steps per row of a sequence list column (or of its cells), as int64."""
     values = col.to_numpy() if isinstance(col, pd.Series) else col
-    parts = values[np.fromiter(map(len, values), dtype=np.int64, count=len(values)) > 0] if len(values) else values
+    return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+
+
+def flatten_steps(col: pd.Series | np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """All steps of a sequence list column (or its cells), row after row, keeping the native dtype where there is
+    one. The rows with steps are picked without a Python loop; ``counts``: the column's `step_counts`, when the
+    caller has them already."""
+    values = col.to_numpy() if isinstance(col, pd.Series) else col
+    if counts is None:
+        counts = step_counts(values)
+    parts = values[counts > 0] if len(values) else values
     if not len(parts):
         return np.array([], dtype=float)
     try:

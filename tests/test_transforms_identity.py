@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail.data.transforms import CLIP, NumericStats, Vocabulary, _lengths, _num
-from longtail.spec import flatten_steps
+from longtail.data.transforms import CLIP, NumericStats, Vocabulary, _num
+from longtail.spec import flatten_steps, step_counts
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -41,7 +41,8 @@ def test_flatten_steps_equals_the_plain_loop(rows):
         plain = np.concatenate([np.asarray(v, dtype=object) for v in parts])
     assert _same(flatten_steps(col), plain)
     assert _same(flatten_steps(col.to_numpy()), plain)
-    assert list(_lengths(col)) == [len(v) for v in rows]
+    assert _same(flatten_steps(col, step_counts(col)), plain)
+    assert list(step_counts(col)) == [len(v) for v in rows]
 
 
 @pytest.mark.unit

@@ -29,6 +29,7 @@ from longtail.spec import (
     SequenceSpec,
     SpecError,
     flatten_steps,
+    step_counts,
 )
 
 CLIP = 8.0  # normalised values are clipped to ±CLIP so one outlier cannot blow up a batch
@@ -252,7 +253,7 @@ class FittedTransforms:
 
     def _sequence(self, df: pd.DataFrame, s: SequenceSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, T = len(df), s.max_length
-        lens = _lengths(df[s.column(s.field_names[0])])
+        lens = step_counts(df[s.column(s.field_names[0])])
         keep = np.minimum(lens, T)  # the newest T steps are kept if a row is longer
         # flat index of every kept step: row r, step j (0 = oldest kept)
         rows = np.repeat(np.arange(n), keep)
@@ -311,18 +312,12 @@ def _num(values: pd.Series | np.ndarray) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def _lengths(col: pd.Series) -> np.ndarray:
-    """Steps per row of a sequence list column (int64)."""
-    values = col.to_numpy()
-    return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-
-
 def _hours_before(df: pd.DataFrame, spec: DatasetSpec, s: SequenceSpec) -> np.ndarray:
     col = df[s.column(s.timestamp_field)]
-    lens = _lengths(col)
+    lens = step_counts(col)
     if not lens.sum():
         return np.zeros(0)
-    steps = utc_naive(flatten_steps(col))
+    steps = utc_naive(flatten_steps(col, lens))
     events = np.repeat(utc_naive(df[spec.event_timestamp]), lens)
     return (events - steps) / np.timedelta64(1, "h")
 
