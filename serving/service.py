@@ -296,11 +296,9 @@ def _buffered(send: Any, when: Any, rewrite: Any) -> Any:
     return wrapped
 
 
-def _served_schemas() -> dict[str, Any] | None:
-    try:
-        return bentoml.get_current_service().predictor.request_schemas()
-    except Exception:  # the service instance is not built yet, or its fallback not loaded
-        return None
+# what a worker whose service instance is not built yet answers (one whose predictor is still starting answers the
+# predictor's own NotReadyError once ``start_wait_seconds`` have passed)
+_STARTING = {"error": "NotReadyError", "field": "", "message": "this worker is still starting; retry shortly"}
 
 
 def _patch_docs(body: bytes, served: dict[str, Any] | None) -> bytes | None:
@@ -333,8 +331,7 @@ def _patch_docs(body: bytes, served: dict[str, Any] | None) -> bytes | None:
     return json.dumps(schema).encode()
 
 
-def _patching_docs(send: Any) -> Any:
-    served = _served_schemas()
+def _patching_docs(send: Any, served: dict[str, Any] | None) -> Any:
     return _buffered(send, lambda m: m.get("status") == 200, lambda body: _patch_docs(body, served))
 
 
@@ -350,7 +347,9 @@ class ServiceRoutes:
       naming the content type to use, before BentoML tries to parse it.
     * ``/docs.json`` says that a POST whose body has required fields needs its body (BentoML's schema leaves
       ``requestBody`` optional, and an empty POST is refused), and describes ``/predict``'s ``features`` and
-      ``entity`` as the served dataset's: every key, its type, the steps of a sequence (see `_patch_docs`).
+      ``entity`` as the served dataset's: every key, its type, the steps of a sequence (see `_patch_docs`); a
+      worker still starting waits for its fallback model as a request does (then 503), so that every worker
+      describes the same API.
     * ``POST /predict`` is answered here: the body is validated with `PredictInput` (the API's own input model,
       so the same requests are refused with the same errors) and goes to the worker's predictor. BentoML's
       outer middlewares (timeout, concurrency limit, HTTP metrics, access log and tracing where on) still
@@ -373,7 +372,7 @@ class ServiceRoutes:
         elif scope.get("path") == "/predict" and scope.get("method") == "POST":
             await self._predict(receive, send)
         elif scope.get("path") == "/docs.json":
-            await self.app(scope, receive, _patching_docs(send))
+            await self._docs(scope, receive, send)
         else:
             await self.app(scope, receive, self._rewriting_400(send))
 
@@ -390,6 +389,22 @@ class ServiceRoutes:
             health = {"ready": False, "degraded": {}}
         await _send_json(send, 200 if health["ready"] else 503, health, head=method == "HEAD")
 
+    async def _docs(self, scope: dict, receive: Any, send: Any) -> None:
+        """The OpenAPI document once this worker can describe the served dataset: a worker still starting waits
+        as a request does, then answers 503 (each worker loads its models on its own, so an early answer would
+        describe less than the next worker's)."""
+        try:
+            predictor = bentoml.get_current_service().predictor
+        except Exception:  # the worker's service instance is not built yet
+            await _send_json(send, 503, _STARTING)
+            return
+        try:
+            served = await predictor.arequest_schemas()
+        except ServingError as e:
+            await _send_json(send, e.status, e.to_dict())
+            return
+        await self.app(scope, receive, _patching_docs(send, served))
+
     @staticmethod
     async def _predict(receive: Any, send: Any) -> None:
         item = await read_predict_input(receive, send)
@@ -398,8 +413,7 @@ class ServiceRoutes:
         try:
             service = bentoml.get_current_service()
         except Exception:  # the worker's service instance is not built yet
-            await _send_json(send, 503, {"error": "NotReadyError", "field": "",
-                                         "message": "this worker is still starting; retry shortly"})
+            await _send_json(send, 503, _STARTING)
             return
         try:
             status, body = await _answer_one(service.predictor, _request(item))

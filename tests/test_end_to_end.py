@@ -142,7 +142,7 @@ def test_an_entity_request_reads_the_feast_online_store(onboarded, service):
                        timeout=60).json()
     assert again["probability"] == pytest.approx(online["probability"], abs=1e-6)
     # with an online store, the schema describes the entity keys a request names
-    docs = httpx.get(f"{service}/docs.json", timeout=30).json()
+    docs = httpx.get(f"{service}/docs.json", timeout=60).json()  # a worker still starting waits for its models
     body = docs["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["entity"]["required"] == list(data.spec.entity_keys)
     assert [b["required"] for b in body["oneOf"]] == [["entity"], ["features"]]

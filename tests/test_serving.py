@@ -93,6 +93,18 @@ def _grpc_request(scenario: str, example: dict) -> pb.PredictRequest:
 
 
 # ---------------------------------------------------------------------- the predictor on its own
+def test_the_request_schemas_wait_for_the_fallback_like_a_request(tiny):
+    import asyncio
+
+    p = Predictor(ServingConfig(registry=str(tiny.registry.store.root), poll_seconds=0, start_wait_seconds=0))
+    assert p.request_schemas() is None  # nothing loaded: nothing to describe
+    with pytest.raises(NotReadyError):  # a worker still starting says so instead of describing less
+        asyncio.run(p.arequest_schemas())
+    p.start(background=False)
+    served = asyncio.run(p.arequest_schemas())
+    assert served == p.request_schemas() and served["features"]["required"] == tiny.data.spec.feature_columns
+
+
 def test_predictor_serves_promoted_models_and_falls_back(tiny, example):
     p = Predictor(ServingConfig(registry=str(tiny.registry.store.root), poll_seconds=0, start_wait_seconds=0))
     with pytest.raises(NotReadyError):

@@ -543,6 +543,15 @@ class Predictor:
             schemas["entity"] = None
         return schemas
 
+    async def arequest_schemas(self) -> dict[str, dict[str, Any]] | None:
+        """`request_schemas` once the worker is ready (the fallback loaded), awaited as a request awaits it.
+
+        Raises:
+            NotReadyError: the worker is still starting after ``start_wait_seconds``.
+        """
+        await self._await_ready()
+        return self.request_schemas()
+
     def _describe(self, ref: Ref, wanted: Ref) -> dict[str, Any]:
         slot = self._loaded.get(ref)
         out = slot.describe() if slot is not None else {
