@@ -138,7 +138,7 @@ def cmd_data_example(args: argparse.Namespace) -> int:
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from longtail.data.tables import TableSet, point_in_time_join
-    from longtail.spec import scenario_counts
+    from longtail.spec import scenario_counts, step_counts
 
     ts = TableSet.load(args.dir, check=False)
     spec = ts.spec
@@ -158,7 +158,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     t.add_column("positive rate", justify="right")
     for s in spec.sequences:
         t.add_column(f"{s.name} mean steps", justify="right")
-    lengths = {s.name: df[s.column(s.field_names[0])].map(len) for s in spec.sequences}
+    lengths = {s.name: step_counts(df[s.column(s.field_names[0])]) for s in spec.sequences}
     scen = df[spec.scenario].astype(str)
     for name, rows, pos in scenario_counts(spec, df).itertuples(index=False):
         mask = (scen == name).to_numpy()

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 Normalization = Literal["standard", "log_standard", "minmax", "none"]
@@ -541,9 +543,17 @@ class DatasetSpec:
             values = df[col]
             if len(values) == 0:
                 continue
-            cells = values.to_numpy()
+            lists = arrow_lists(values)
+            if lists is not None:  # a list per row by its type; a missing one is the only other cell
+                cells = values
+                if lists.null_count:
+                    out.append(f"column '{col}': sequence field must hold a list per row, found NoneType in "
+                               f"{lists.null_count} row(s); store an empty list for no steps")
+                    continue
+            else:
+                cells = values.to_numpy()
             # one pass over the cells' types (a few distinct ones) instead of an isinstance call per cell
-            if not all(issubclass(t, list | np.ndarray | tuple) for t in set(map(type, cells))):
+            if lists is None and not all(issubclass(t, list | np.ndarray | tuple) for t in set(map(type, cells))):
                 bad_type = values.map(lambda v: not isinstance(v, list | np.ndarray | tuple)).to_numpy()
                 first = values[bad_type].iloc[0]
                 out.append(
@@ -566,16 +576,16 @@ class DatasetSpec:
                     f"column '{col}': step count differs from the other fields of sequence '{s.name}' "
                     f"in {int((lens != lengths).sum())} row(s); all fields of a sequence must align"
                 )
-            flat = pd.Series(flatten_steps(cells, lens))
             if fname == s.timestamp_field:
-                out += self._leak_problems(df, col, flat, lens)
+                out += self._leak_problems(df, col, pd.Series(flatten_steps(cells, lens)), lens)
                 continue
             spec_field = next((f for f in s.numeric if f.name == fname), None)
             if spec_field is not None:
-                out += _numeric_problems(flat, spec_field, col)
+                out += _numeric_problems(pd.Series(flatten_steps(cells, lens)), spec_field, col)
             else:
                 cat = next(c for c in s.categorical if c.name == fname)
-                out += _categorical_problems(flat, cat, col)
+                if not cat.oov_bucket:  # an open vocabulary takes any value: its steps need no look
+                    out += _categorical_problems(pd.Series(flatten_steps(cells, lens)), cat, col)
         return out
 
     def _leak_problems(self, df: pd.DataFrame, col: str, flat: pd.Series, lens: np.ndarray) -> list[str]:
@@ -609,16 +619,34 @@ def _utc_naive(ts: pd.Series) -> np.ndarray:
     return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
 
 
+def arrow_lists(col: Any) -> pa.ChunkedArray | None:
+    """The arrow list array behind a sequence column read as arrow lists (``list<...>[pyarrow]``: what
+    `longtail.data.tables` reads behavior tables as), or None for any other column (cells as Python objects)."""
+    if isinstance(col, pd.Series) and isinstance(col.dtype, pd.ArrowDtype):
+        t = col.dtype.pyarrow_dtype
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return col.array.__arrow_array__()
+    return None
+
+
 def step_counts(col: pd.Series | np.ndarray) -> np.ndarray:
-    """Steps per row of a sequence list column (or of its cells), as int64."""
+    """Steps per row of a sequence list column (or of its cells), as int64 (a missing list: 0 steps in an arrow
+    list column; validation reports it)."""
+    lists = arrow_lists(col)
+    if lists is not None:  # the offsets' differences: no per-row Python
+        return pc.list_value_length(lists).fill_null(0).to_numpy().astype(np.int64, copy=False)
     values = col.to_numpy() if isinstance(col, pd.Series) else col
     return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
 
 
 def flatten_steps(col: pd.Series | np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
     """All steps of a sequence list column (or its cells), row after row, keeping the native dtype where there is
-    one. The rows with steps are picked without a Python loop; ``counts``: the column's `step_counts`, when the
-    caller has them already."""
+    one (an arrow list column: its values array, the dtype its cells would have). The rows with steps are picked
+    without a Python loop; ``counts``: the column's `step_counts`, when the caller has them already."""
+    lists = arrow_lists(col)
+    if lists is not None:
+        flat = pc.list_flatten(lists)
+        return flat.to_numpy() if len(flat) else np.array([], dtype=float)
     values = col.to_numpy() if isinstance(col, pd.Series) else col
     if counts is None:
         counts = step_counts(values)

@@ -15,7 +15,7 @@ from longtail.data.synthetic import SyntheticConfig, build_synthetic, generate_t
 from longtail.data.tables import SNAPSHOT_TS, TableSet, TableSetError, point_in_time_join
 from longtail.data.tensors import OOV_INDEX, PAD_INDEX
 from longtail.data.transforms import FittedTransforms
-from longtail.spec import SpecError
+from longtail.spec import SpecError, arrow_lists
 
 pytestmark = pytest.mark.data
 
@@ -169,9 +169,13 @@ def test_join_cache_round_trips_and_follows_the_table_set(tmp_path, monkeypatch)
     assert len(list(cache.glob("*.parquet"))) == 1 and len(list(cache.glob("*.json"))) == 1
     again, validated = cached_join(tables, cache)  # a hit: the same rows, values and dtypes
     assert validated
-    pd.testing.assert_frame_equal(again, frame)
-    assert isinstance(again.iloc[0][tables.spec.sequences[0].column(tables.spec.sequences[0].field_names[0])],
-                      np.ndarray)
+    pd.testing.assert_frame_equal(again, frame)  # arrow list columns stay arrow lists
+    col = tables.spec.sequences[0].column(tables.spec.sequences[0].field_names[0])
+    assert arrow_lists(again[col]) is not None
+    # and plain pandas reads the cached file as always: a numpy array of steps per cell
+    plain_read = pd.read_parquet(next(cache.glob("*.parquet")))
+    assert plain_read[col].dtype == object and isinstance(plain_read[col].iloc[0], np.ndarray)
+    assert [list(v) for v in plain_read[col]] == [list(v) for v in frame[col].to_numpy()]
     # prepare through the environment variable gives the same split and rows as without a cache
     plain = prepare(DataConfig(tables=str(root)))
     monkeypatch.setenv(JOIN_CACHE_ENV, str(cache))

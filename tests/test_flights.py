@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from longtail.data import flights as F
+from longtail.data import tables as tables_mod
 from longtail.data.tables import MANIFEST, SNAPSHOT_TS, TableSet, TableSetError, point_in_time_join
 from longtail.spec import DatasetSpec
 
@@ -140,14 +141,14 @@ def test_spec_yaml_round_trips(built: TableSet) -> None:
 
 
 def _crash_on(monkeypatch: pytest.MonkeyPatch, table_file: str) -> None:
-    real = pd.DataFrame.to_parquet
+    real = tables_mod.write_frame
 
-    def to_parquet(self: pd.DataFrame, path: str | Path, *args: object, **kwargs: object) -> object:
+    def write_frame(df: pd.DataFrame, path: str | Path) -> None:
         if Path(path).name == table_file:
             raise OSError("simulated crash mid-build")
-        return real(self, path, *args, **kwargs)
+        real(df, path)
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    monkeypatch.setattr(tables_mod, "write_frame", write_frame)  # what write_table_set writes each table with
 
 
 def test_build_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

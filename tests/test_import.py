@@ -23,7 +23,7 @@ from longtail.data import importer
 from longtail.data.examples import write_ratings
 from longtail.data.importer import ImportSpec, ImportSpecError, build_tables, import_tables, visibility_stamp
 from longtail.data.tables import SNAPSHOT_TS, TableSet, point_in_time_join, snapshot_table, trim_before
-from longtail.spec import SpecError
+from longtail.spec import SpecError, arrow_lists
 
 pytestmark = pytest.mark.data
 
@@ -372,6 +372,8 @@ def _same_frames(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
     assert len(a) == len(b), name
     for col in a.columns:
         x, y = a[col], b[col]
+        if arrow_lists(x) is not None or arrow_lists(y) is not None:  # read as arrow lists: compare the cells
+            x, y = pd.Series(x.to_numpy(), dtype=object), pd.Series(y.to_numpy(), dtype=object)
         if x.dtype == object and len(x) and isinstance(x.iloc[0], np.ndarray | list):
             bad = [i for i, (u, v) in enumerate(zip(x, y, strict=True))
                    if not np.array_equal(np.asarray(u), np.asarray(v), equal_nan=np.asarray(u).dtype.kind == "f")]

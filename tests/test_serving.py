@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pandas as pd
 import pytest
 from google.protobuf import struct_pb2
 from tiny import build_tiny_registry
@@ -174,6 +175,8 @@ def test_missing_categories_are_served_like_offline(tiny, example):
     offline = tiny.data.frame.iloc[7:8].copy()
     offline[cats[0]] = None
     if seq_cat and len(offline[seq_cat[0]].iloc[0]):
+        # a numpy array of steps per cell, editable (the join's arrow list column is not, cell by cell)
+        offline[seq_cat[0]] = pd.Series(list(offline[seq_cat[0]].to_numpy()), index=offline.index, dtype=object)
         steps = offline[seq_cat[0]].iloc[0].copy().astype(object)
         steps[0] = None
         offline.at[offline.index[0], seq_cat[0]] = steps

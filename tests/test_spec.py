@@ -86,6 +86,7 @@ def test_unknown_category_with_closed_vocabulary(synthetic_frame):
 
 def test_leaked_step_is_reported(synthetic_frame):
     bad = synthetic_frame.copy()
+    bad["actions__at"] = pd.Series(list(bad["actions__at"].to_numpy()), index=bad.index, dtype=object)  # editable
     i = int(np.flatnonzero(bad["actions__at"].map(len) > 0)[0])
     steps = list(bad.at[i, "actions__at"])
     steps[-1] = bad.at[i, "event_timestamp"]  # a step exactly at the prediction time leaks

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from longtail.data.transforms import CLIP, NumericStats, Vocabulary, _num
-from longtail.spec import flatten_steps, step_counts
+from longtail.data.transforms import CLIP, NumericStats, Vocabulary, _flat_categories, _num
+from longtail.spec import CategoricalFeature, SpecError, arrow_lists, flatten_steps, step_counts
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -70,3 +71,44 @@ def test_vocabulary_lookup_by_distinct_values_is_unchanged():
         idx = pd.Index(vocab.values, dtype=object).get_indexer(s.astype(str))
         plain = np.where((idx < 0) | s.isna().to_numpy(), 1, idx + 2).astype(np.int64)
         assert _same(vocab.apply(values, "c"), plain)
+
+
+def _arrow_column(rows: list, type_: pa.DataType) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.array(rows, type_)))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("rows", "type_"), [
+    ([[1.0, 2.0], [], [3.0, None]], pa.list_(pa.float64())),  # a null step: NaN, as in the cells parquet gives
+    ([[1, 2], [], [3]], pa.list_(pa.int64())),
+    ([["a", None], [], ["c"]], pa.list_(pa.string())),
+    ([[pd.Timestamp("2013-01-01")], [], [pd.Timestamp("2013-01-02 05:00")]], pa.list_(pa.timestamp("ns"))),
+    ([[], []], pa.list_(pa.float64())),
+    ([], pa.list_(pa.float64())),
+])
+def test_arrow_list_columns_flatten_and_count_as_their_cells_do(rows, type_):
+    """A sequence column read as arrow lists gives what the same column of numpy cells gives."""
+    col = _arrow_column(rows, type_)
+    assert arrow_lists(col) is not None
+    cells = pd.Series(list(col.to_numpy()), dtype=object)  # what parquet gave before: a numpy array per row
+    assert list(step_counts(col)) == list(step_counts(cells)) == [len(r) for r in rows]
+    assert _same(flatten_steps(col), flatten_steps(cells))
+    assert _same(flatten_steps(col, step_counts(col)), flatten_steps(cells))
+
+
+@pytest.mark.unit
+def test_vocabularies_of_arrow_strings_equal_the_object_path():
+    rows = [["LGA", "JFK", None], [], ["EWR", "LGA", "LGA"], ["JFK"]]
+    col = _arrow_column(rows, pa.list_(pa.string()))
+    cells = pd.Series(list(col.to_numpy()), dtype=object)
+    flat = _flat_categories(col)
+    assert isinstance(flat, pa.Array)
+    for c in (CategoricalFeature("origin"), CategoricalFeature("origin", min_count=2),
+              CategoricalFeature("origin", max_size=1)):
+        fitted = Vocabulary.fit(c, flat)
+        assert fitted == Vocabulary.fit(c, _flat_categories(cells))
+        assert _same(fitted.apply(flat, "c"), fitted.apply(flatten_steps(cells), "c"))
+    closed = Vocabulary(["LGA", "JFK"], oov_bucket=False)
+    for values in (flat, flatten_steps(cells)):
+        with pytest.raises(SpecError, match=r"column 'c': unknown category None and oov_bucket is false"):
+            closed.apply(values, "c")

@@ -53,6 +53,7 @@ from longtail.spec import (
     ScenarioRules,
     SequenceSpec,
     SpecError,
+    step_counts,
 )
 
 __all__ = [
@@ -740,7 +741,7 @@ def _coverage(spec: DatasetSpec, events: pd.DataFrame, table: pd.DataFrame, key:
     left = pd.DataFrame({key: events[key].to_numpy(), ts: events[ts].to_numpy(), "_row": np.arange(len(events))})
     right = pd.DataFrame({key: table[key].to_numpy(), "_snap": table[SNAPSHOT_TS].to_numpy(), "_hit": True})
     if length_col is not None:
-        right["_len"] = table[length_col].map(len).to_numpy()
+        right["_len"] = step_counts(table[length_col])
     joined = pd.merge_asof(left.sort_values(ts, kind="stable"), right.sort_values("_snap", kind="stable"),
                            left_on=ts, right_on="_snap", by=key, direction="backward").sort_values("_row")
     hit = joined["_hit"].notna().to_numpy()

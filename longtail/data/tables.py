@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longtail.io import atomic_path, atomic_write_json
-from longtail.spec import DatasetSpec, ProfileSpec, SequenceSpec, SpecError
+from longtail.spec import DatasetSpec, ProfileSpec, SequenceSpec, SpecError, arrow_lists
 
 SNAPSHOT_TS = "snapshot_ts"
 MANIFEST = "manifest.json"
@@ -145,22 +145,49 @@ class TableSet:
         return {p.name: read_table(self.view_path(p.view_name)) for p in self.spec.profile_tables}
 
     def read_behavior(self, seq: str | SequenceSpec) -> pd.DataFrame:
-        return read_table(self.behavior_path(seq))
+        """One sequence's snapshot table; its list columns stay arrow lists (see `read_table`)."""
+        return read_table(self.behavior_path(seq), arrow_lists=True)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+def _arrow_list_dtype(t: pa.DataType) -> pd.ArrowDtype | None:
+    return pd.ArrowDtype(t) if pa.types.is_list(t) or pa.types.is_large_list(t) else None
+
+
+def read_table(path: str | Path, columns: list[str] | None = None, *, arrow_lists: bool = False) -> pd.DataFrame:
     """A table file of a set as a dataframe.
+
+    Args:
+        arrow_lists: keep list columns as arrow lists (dtype ``list<...>[pyarrow]``: one values array and
+            offsets, not a numpy array per row), which the join, validation and transforms read without a
+            per-row step; other columns are read as always.
 
     Raises:
         TableSetError: the file is missing, truncated or not parquet (names the file and the fix).
     """
     path = Path(path)
     try:
+        if arrow_lists:
+            return pq.read_table(path, columns=columns).to_pandas(types_mapper=_arrow_list_dtype)
         return pd.read_parquet(path, columns=columns)
     except FileNotFoundError:
         raise TableSetError(f"{path}: missing; {REBUILD}") from None
     except (pa.ArrowException, OSError, ValueError) as e:
         raise TableSetError(f"{path}: not a readable parquet file ({_first_line(e)}); {REBUILD}") from None
+
+
+def write_frame(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` as parquet (no index) so that plain ``pandas.read_parquet`` reads it too: an arrow list column
+    is recorded as the object column of lists pandas would write (pandas cannot restore ``list<...>[pyarrow]``
+    from the file's metadata); `read_table` with ``arrow_lists`` reads it back as arrow lists."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = table.schema.metadata or {}
+    if b"pandas" in meta:
+        pandas_meta = json.loads(meta[b"pandas"])
+        for c in pandas_meta.get("columns", []):
+            if str(c.get("numpy_type", "")).endswith("[pyarrow]") and str(c.get("pandas_type", "")).startswith("list"):
+                c["numpy_type"] = "object"
+        table = table.replace_schema_metadata({**meta, b"pandas": json.dumps(pandas_meta).encode()})
+    pq.write_table(table, path)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -443,11 +470,11 @@ def write_table_set(
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         spec.to_yaml(tmp / "spec.yaml")
-        events.to_parquet(tmp / "events.parquet", index=False)
+        write_frame(events, tmp / "events.parquet")
         views = {p.view_name: profiles[p.name] for p in spec.profile_tables}
         views.update({s.view_name: behaviors[s.name] for s in spec.sequences})
         for view, df in views.items():
-            df.to_parquet(tmp / f"{view}.parquet", index=False)
+            write_frame(df, tmp / f"{view}.parquet")
         manifest = {
             "dataset": spec.name,
             "created_unix": time.time(),
@@ -531,14 +558,36 @@ def join_frames(spec: DatasetSpec, events: pd.DataFrame, profiles: Profiles,
         df = frames[p.name]
         cols = [*p.features, *([p.time_column] if p.time_column and p.time_column in df.columns else [])]
         out = _asof(out, df, p.entity_key, ts, cols)
+    # a sequence's snapshot is joined as its row number: its list columns are gathered once each, in the
+    # events' order, after the sorts (a sort or merge would copy every step of every list column)
     for s in spec.sequences:
-        out = _asof(out, behaviors[s.name], spec.sequence_entity(s), ts, s.columns)
+        key = spec.sequence_entity(s)
+        snap = behaviors[s.name][[key, SNAPSHOT_TS]].copy()
+        snap[f"_snap:{s.name}"] = np.arange(len(snap), dtype=float)
+        out = _asof(out.drop(columns=[c for c in s.columns if c in out.columns]), snap, key, ts, [f"_snap:{s.name}"])
+    out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    for s in spec.sequences:
+        at = out.pop(f"_snap:{s.name}").to_numpy()
+        found = ~np.isnan(at)
+        idx = np.where(found, at, 0).astype(np.int64)
         for col in s.columns:
-            missing = out[col].isna()
-            if missing.any():
-                out.loc[missing, col] = pd.Series([[] for _ in range(int(missing.sum()))],
-                                                  index=out.index[missing], dtype=object)
-    return out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+            out[col] = _take_lists(behaviors[s.name][col], idx, found)
+    return out
+
+
+def _take_lists(col: pd.Series, idx: np.ndarray, found: np.ndarray) -> pd.Series:
+    """``col``'s lists at rows ``idx`` where ``found``, an empty list elsewhere (an event with no snapshot)."""
+    lists = arrow_lists(col)
+    if lists is not None:  # one gather; a miss points at an empty list appended to the snapshots' lists
+        with_empty = pa.concat_arrays([*lists.chunks, pa.array([[]], lists.type)])
+        taken = with_empty.take(pa.array(np.where(found, idx, len(lists))))
+        return pd.Series(pd.arrays.ArrowExtensionArray(taken))
+    values = col.to_numpy()
+    cells = values[idx] if len(values) else np.empty(len(idx), dtype=object)
+    cells = np.asarray(cells, dtype=object)
+    for i in np.flatnonzero(~found):
+        cells[i] = []
+    return pd.Series(cells, dtype=object)
 
 
 def _snapshot_windows(entity: np.ndarray, stamp: np.ndarray,
@@ -686,12 +735,12 @@ def cached_join(tables: TableSet, cache_dir: str | Path | None = None) -> tuple[
     data_path, meta_path = cache / f"{tables.spec.name}-{key}.parquet", cache / f"{tables.spec.name}-{key}.json"
     if meta_path.exists() and data_path.exists():
         meta = json.loads(meta_path.read_text())
-        return pd.read_parquet(data_path), bool(meta.get("valid"))
+        return read_table(data_path, arrow_lists=True), bool(meta.get("valid"))
     frame = point_in_time_join(tables)
     valid = not tables.spec.problems(frame)
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(data_path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        write_frame(frame, tmp)
     atomic_write_json(meta_path, {"tables": str(tables.root.resolve()), "rows": len(frame), "valid": valid,
                                   "created_unix": time.time()})
     return frame, valid

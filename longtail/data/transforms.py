@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from longtail.data.tensors import OOV_INDEX, Batch, InputSchema, SequenceSchema
@@ -28,6 +30,7 @@ from longtail.spec import (
     NumericFeature,
     SequenceSpec,
     SpecError,
+    arrow_lists,
     flatten_steps,
     step_counts,
 )
@@ -111,16 +114,23 @@ class Vocabulary:
         return len(self.values) + 2
 
     @classmethod
-    def fit(cls, c: CategoricalFeature, values: pd.Series) -> Vocabulary:
+    def fit(cls, c: CategoricalFeature, values: pd.Series | pa.Array) -> Vocabulary:
+        """The vocabulary of ``values`` (a Series, or arrow strings: `_flat_categories` of a step field)."""
         if c.vocabulary:
             return cls(list(c.vocabulary), c.oov_bucket)
-        counts = values.dropna().astype(str).value_counts()
+        if isinstance(values, pa.Array):  # strings counted in arrow, not as a Python object per step
+            vc = pc.value_counts(values.drop_null())
+            counts = pd.Series(vc.field("counts").to_numpy(), index=vc.field("values").to_pylist(), dtype=np.int64)
+        else:
+            counts = values.dropna().astype(str).value_counts()
         counts = counts[counts >= c.min_count]
         # stable order: most frequent first, ties by value, so a refit on the same data is identical
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: c.max_size]
         return cls([k for k, _ in ordered], c.oov_bucket)
 
-    def apply(self, values: pd.Series | np.ndarray, column: str) -> np.ndarray:
+    def apply(self, values: pd.Series | np.ndarray | pa.Array, column: str) -> np.ndarray:
+        if isinstance(values, pa.Array):
+            return self._apply_arrow(values, column)
         s = pd.Series(values, dtype=object)
         missing = s.isna().to_numpy()
         if pd.api.types.infer_dtype(s, skipna=True) == "string":
@@ -136,6 +146,28 @@ class Vocabulary:
             raise SpecError(f"column '{column}': unknown category {bad!r} and oov_bucket is false; "
                             "add it to the vocabulary or set oov_bucket: true")
         return out
+
+    def _apply_arrow(self, values: pa.Array, column: str) -> np.ndarray:
+        """`apply` of arrow strings: each distinct value looked up once (arrow's dictionary encoding)."""
+        enc = pc.dictionary_encode(values)
+        codes = pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64, copy=False)
+        found = pd.Index(self.values, dtype=object).get_indexer(pd.Index(enc.dictionary.to_pylist(), dtype=object))
+        idx = np.where(codes < 0, -1, found[np.maximum(codes, 0)] if len(found) else -1)
+        out = np.where(idx < 0, OOV_INDEX, idx + 2).astype(np.int64)
+        if not self.oov_bucket and (out == OOV_INDEX).any():
+            bad = values[int(np.flatnonzero(out == OOV_INDEX)[0])].as_py()
+            raise SpecError(f"column '{column}': unknown category {bad!r} and oov_bucket is false; "
+                            "add it to the vocabulary or set oov_bucket: true")
+        return out
+
+
+def _flat_categories(col: pd.Series) -> pa.Array | pd.Series:
+    """A categorical step field's values, row after row: arrow strings for an arrow list column of strings (what
+    `Vocabulary` counts and looks up without a Python object per step), else `flatten_steps` as a Series."""
+    lists = arrow_lists(col)
+    if lists is not None and pa.types.is_string(lists.type.value_type):
+        return pc.list_flatten(lists).combine_chunks()
+    return pd.Series(flatten_steps(col))
 
 
 @dataclass
@@ -167,7 +199,7 @@ class FittedTransforms:
             for f in s.numeric:
                 numeric[s.column(f.name)] = NumericStats.fit(f, _num(flatten_steps(df[s.column(f.name)])))
             for c in s.categorical:
-                vocab[s.column(c.name)] = Vocabulary.fit(c, pd.Series(flatten_steps(df[s.column(c.name)])))
+                vocab[s.column(c.name)] = Vocabulary.fit(c, _flat_categories(df[s.column(c.name)]))
             if s.timestamp_field:
                 hours = _hours_before(df, spec, s)
                 numeric[s.column(HOURS_BEFORE)] = NumericStats.fit(
@@ -283,7 +315,9 @@ class FittedTransforms:
         grid = seq_cat.reshape(n * T, len(s.categorical))
         for k, c in enumerate(s.categorical):
             col = s.column(c.name)
-            grid[cell, k] = self.vocab[col].apply(flatten_steps(df[col])[src], col)
+            flat = _flat_categories(df[col])
+            kept = flat.take(pa.array(src)) if isinstance(flat, pa.Array) else flat.to_numpy()[src]
+            grid[cell, k] = self.vocab[col].apply(kept, col)
         return seq_num, seq_cat, mask
 
     # ------------------------------------------------------------------ persistence
@@ -323,6 +357,8 @@ def _hours_before(df: pd.DataFrame, spec: DatasetSpec, s: SequenceSpec) -> np.nd
 
 
 def utc_naive(values: Any) -> np.ndarray:
-    """datetime64[ns] in UTC without a zone (fast arithmetic; tz-aware values are converted)."""
+    """datetime64[ns] in UTC without a zone (fast arithmetic; tz-aware values are converted, naive ones are UTC)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "M":  # naive already: only the unit to set
+        return values.astype("datetime64[ns]")
     s = pd.to_datetime(pd.Series(values), utc=True)
     return s.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")

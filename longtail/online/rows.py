@@ -200,9 +200,8 @@ def _known(vocab: Any) -> frozenset[str]:
 def jsonable_row(spec: DatasetSpec, df: pd.DataFrame) -> dict[str, Any]:
     """The feature values of a one-row prepared dataframe as JSON (times as ISO strings)."""
     out: dict[str, Any] = {}
-    r = df.iloc[0]
     for col in spec.feature_columns:
-        v = r[col]
+        v = df[col].to_numpy()[0]  # an arrow list column's cell as the numpy array of its steps
         if isinstance(v, np.ndarray | list | tuple):
             arr = np.asarray(v)
             if np.issubdtype(arr.dtype, np.datetime64):

@@ -145,7 +145,7 @@ def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, join: Jo
     Raises:
         StageError: a requested scenario is not in the events.
     """
-    from longtail.data.tables import TableSet
+    from longtail.data.tables import TableSet, write_frame
 
     t0 = time.perf_counter()
     tables = TableSet.load(_tables(cfg))
@@ -168,7 +168,7 @@ def prepare(cfg: PipelineConfig, scenarios: list[str] | None = None, *, join: Jo
             part[SPLIT_COL] = assign_split(part[spec.scenario], seed=cfg.split_seed, test_frac=cfg.test_frac,
                                            valid_frac=cfg.valid_frac)
             with atomic_path(_prepared_path(cfg, scen)) as tmp:
-                part.to_parquet(tmp, index=False)
+                write_frame(part, tmp)
             atomic_write_json(_prepared_path(cfg, scen).with_suffix(".json"),
                               {"key": _prepare_key(cfg, scen), "rows": len(part)})
     rows = {s: json.loads(_prepared_path(cfg, s).with_suffix(".json").read_text())["rows"] for s in wanted}
@@ -196,13 +196,15 @@ def load_prepared(cfg: PipelineConfig, scenarios: list[str]) -> PreparedData:
     Raises:
         StageError: a scenario was not prepared.
     """
+    from longtail.data.tables import read_table
+
     spec_path = _ws(cfg) / "prepared" / "spec.yaml"
     missing = [s for s in scenarios if not _prepared_path(cfg, s).exists()]
     if missing or not spec_path.exists():
         raise StageError(f"scenarios {missing or scenarios} are not prepared in {_ws(cfg)}; run the prepare stage "
                          "(`prepare(cfg, scenarios, join=...)`) first")
     spec = DatasetSpec.from_yaml(spec_path)
-    frame = pd.concat([pd.read_parquet(_prepared_path(cfg, s)) for s in scenarios], ignore_index=True)
+    frame = pd.concat([read_table(_prepared_path(cfg, s), arrow_lists=True) for s in scenarios], ignore_index=True)
     split = frame.pop(SPLIT_COL).to_numpy(dtype=object)
     return PreparedData(spec, frame, split)
 
