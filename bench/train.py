@@ -13,7 +13,10 @@ entry points: ``fit``, ``train_light``, ``search``) and evaluation rows/s (``pre
   training (the new code's teacher pass) and what is done per step (the base code's) both count;
 
 and the preparation of the full flights set (``prepare``: point-in-time join, validation, split; then
-``FittedTransforms.fit`` on the TRAIN rows and ``transform`` of every row).
+``FittedTransforms.fit`` on the TRAIN rows and ``transform`` of every row). Each tree prepares a flights
+table set built by its own ``longtail data build flights`` (the base reads no set of the later layout;
+the two builders give the same rows, ``tests/test_import.py``); the base's is built once under
+``runs/bench-train/``.
 
 Each measurement runs in a fresh subprocess, once with ``PYTHONPATH`` at a git worktree of the base
 commit (``--base``, default 5add9bb, the commit before issue 22; made under ``runs/bench-train/``)
@@ -198,10 +201,26 @@ def make_tensors(data: str, path: Path, n_train: int, n_valid: int) -> None:
                 "valid": fields(tf.transform(valid))}, path)
 
 
+def flights_of(tree: Path, args) -> str:
+    """The flights table set ``tree`` prepares: this tree's ``--data``; for another tree, one built by its own
+    builder (once, under runs/bench-train/)."""
+    if tree == ROOT:
+        return args.data
+    out = WORK / f"flights-{tree.name}"
+    if not (out / "manifest.json").exists():
+        print(f"building the flights table set with {tree.name}'s builder ...", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        code = "import sys; from longtail.cli import main; sys.exit(main(sys.argv[1:]))"
+        subprocess.run([sys.executable, "-c", code, "data", "build", "flights", "--out", str(out)], env=env,
+                       cwd=tree, check=True, capture_output=True)
+    return str(out)
+
+
 def run_worker(tree: Path, model: str, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     env.pop("LONGTAIL_JOIN_CACHE", None)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--data", args.data,
+    data = flights_of(tree, args) if model == "prepare" else args.data
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--data", data,
            "--tensors", str(args.tensors), "--steps", str(args.steps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
