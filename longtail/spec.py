@@ -545,21 +545,16 @@ class DatasetSpec:
                 continue
             lists = arrow_lists(values)
             if lists is not None:  # a list per row by its type; a missing one is the only other cell
-                cells = values
-                if lists.null_count:
-                    out.append(f"column '{col}': sequence field must hold a list per row, found NoneType in "
-                               f"{lists.null_count} row(s); store an empty list for no steps")
-                    continue
+                cells, bad_name, n_bad = values, "NoneType", lists.null_count
             else:
-                cells = values.to_numpy()
-            # one pass over the cells' types (a few distinct ones) instead of an isinstance call per cell
-            if lists is None and not all(issubclass(t, list | np.ndarray | tuple) for t in set(map(type, cells))):
-                bad_type = values.map(lambda v: not isinstance(v, list | np.ndarray | tuple)).to_numpy()
-                first = values[bad_type].iloc[0]
-                out.append(
-                    f"column '{col}': sequence field must hold a list per row, found {type(first).__name__} "
-                    f"in {int(bad_type.sum())} row(s); store an empty list for no steps"
-                )
+                cells, bad_name, n_bad = values.to_numpy(), "", 0
+                # one pass over the cells' types (a few distinct ones) instead of an isinstance call per cell
+                if not all(issubclass(t, list | np.ndarray | tuple) for t in set(map(type, cells))):
+                    bad_type = values.map(lambda v: not isinstance(v, list | np.ndarray | tuple)).to_numpy()
+                    bad_name, n_bad = type(values[bad_type].iloc[0]).__name__, int(bad_type.sum())
+            if n_bad:
+                out.append(f"column '{col}': sequence field must hold a list per row, found {bad_name} in {n_bad} "
+                           "row(s); store an empty list for no steps")
                 continue
             lens = step_counts(cells)
             if lengths is None:

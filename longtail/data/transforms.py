@@ -129,36 +129,36 @@ class Vocabulary:
         return cls([k for k, _ in ordered], c.oov_bucket)
 
     def apply(self, values: pd.Series | np.ndarray | pa.Array, column: str) -> np.ndarray:
-        if isinstance(values, pa.Array):
-            return self._apply_arrow(values, column)
-        s = pd.Series(values, dtype=object)
-        missing = s.isna().to_numpy()
-        if pd.api.types.infer_dtype(s, skipna=True) == "string":
-            # strings only: look up each distinct value once (sequence columns hold millions of steps)
-            codes, uniques = pd.factorize(s, use_na_sentinel=True)
-            found = pd.Index(self.values, dtype=object).get_indexer(pd.Index(uniques, dtype=object))
-            idx = np.where(codes < 0, -1, found[np.maximum(codes, 0)] if len(found) else -1)
+        """Indices of ``values`` (a Series or array, or arrow strings: `_flat_categories` of a step field): known
+        values from 2, missing and unknown ones at `OOV_INDEX`.
+
+        Raises:
+            SpecError: an unknown or missing value and no out-of-vocabulary bucket (names the column).
+        """
+        if isinstance(values, pa.Array):  # arrow strings: arrow's dictionary encoding gives the distinct values
+            enc = pc.dictionary_encode(values)
+            codes = pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64, copy=False)
+            idx, missing = self._by_distinct(codes, enc.dictionary.to_pylist()), codes < 0
         else:
-            idx = pd.Index(self.values, dtype=object).get_indexer(s.astype(str))
+            s = pd.Series(values, dtype=object)
+            missing = s.isna().to_numpy()
+            if pd.api.types.infer_dtype(s, skipna=True) == "string":
+                # strings only: look up each distinct value once (sequence columns hold millions of steps)
+                idx = self._by_distinct(*pd.factorize(s, use_na_sentinel=True))
+            else:
+                idx = pd.Index(self.values, dtype=object).get_indexer(s.astype(str))
         out = np.where((idx < 0) | missing, OOV_INDEX, idx + 2).astype(np.int64)
         if not self.oov_bucket and (out == OOV_INDEX).any():
-            bad = s[out == OOV_INDEX].iloc[0]
+            first = int(np.flatnonzero(out == OOV_INDEX)[0])
+            bad = values[first].as_py() if isinstance(values, pa.Array) else s.iloc[first]
             raise SpecError(f"column '{column}': unknown category {bad!r} and oov_bucket is false; "
                             "add it to the vocabulary or set oov_bucket: true")
         return out
 
-    def _apply_arrow(self, values: pa.Array, column: str) -> np.ndarray:
-        """`apply` of arrow strings: each distinct value looked up once (arrow's dictionary encoding)."""
-        enc = pc.dictionary_encode(values)
-        codes = pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64, copy=False)
-        found = pd.Index(self.values, dtype=object).get_indexer(pd.Index(enc.dictionary.to_pylist(), dtype=object))
-        idx = np.where(codes < 0, -1, found[np.maximum(codes, 0)] if len(found) else -1)
-        out = np.where(idx < 0, OOV_INDEX, idx + 2).astype(np.int64)
-        if not self.oov_bucket and (out == OOV_INDEX).any():
-            bad = values[int(np.flatnonzero(out == OOV_INDEX)[0])].as_py()
-            raise SpecError(f"column '{column}': unknown category {bad!r} and oov_bucket is false; "
-                            "add it to the vocabulary or set oov_bucket: true")
-        return out
+    def _by_distinct(self, codes: np.ndarray, uniques: Any) -> np.ndarray:
+        """Vocabulary positions (-1: not in it) of values given as codes into their distinct ``uniques`` (-1: missing)."""
+        found = pd.Index(self.values, dtype=object).get_indexer(pd.Index(uniques, dtype=object))
+        return np.where(codes < 0, -1, found[np.maximum(codes, 0)] if len(found) else -1)
 
 
 def _flat_categories(col: pd.Series) -> pa.Array | pd.Series:
